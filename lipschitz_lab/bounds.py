@@ -1,0 +1,152 @@
+r"""Numeric Lipschitz bounds, built only from the generated functions.
+
+.. math::
+
+    L = L_\text{variant}(K_z, m, \dots) + \lambda \cdot \max\|w\|, \qquad lr = 1/L
+
+where the variant is
+
+- ``paper``: the bound as published (eqs. 9, 15, 20);
+- ``corrected``: :math:`\sup|\partial E/\partial z| \cdot K_z`, the supremum
+  derived in :mod:`lipschitz_lab.symbolic` (same framework, same K_z, m, k);
+- ``strict``: a rigorous bound on the last layer's mean-over-batch gradient
+  for this batch; it depends on how K_z was measured (``kz``).
+
+No formula is typed here: every number comes from ``_generated.py``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+from lipschitz_lab import _generated
+
+VARIANTS = ("paper", "corrected", "strict")
+KZ_DEFINITIONS = ("frobenius", "max_abs")
+#: (loss, what) -> (function, argument names): the checked-in code plus any use_loss() additions
+FUNCTIONS = dict(_generated.FUNCTIONS)
+LOSSES = tuple(dict.fromkeys(loss for loss, _ in FUNCTIONS if loss != "*"))
+
+
+def use_loss(spec) -> str:
+    """Derive a user's :class:`~lipschitz_lab.symbolic.LossSpec` and generate its functions now.
+
+    The built-in losses come from the checked-in ``_generated.py``; a loss of
+    your own goes through the same derivation and code generator at run time.
+    Returns the loss name, usable wherever a built-in name is.
+    """
+    global LOSSES
+    from lipschitz_lab.symbolic import derive, register_loss
+    from lipschitz_lab.symbolic.codegen import generate_source
+    register_loss(spec)
+    namespace: dict = {}
+    exec(compile(generate_source({spec.name: derive(spec.name)}), f"<generated {spec.name}>", "exec"),
+         namespace)
+    FUNCTIONS.update(namespace["FUNCTIONS"])
+    LOSSES = tuple(dict.fromkeys(loss for loss, _ in FUNCTIONS if loss != "*"))
+    return spec.name
+
+
+def _check_choice(field: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{field} must be one of {', '.join(choices)}; got {field}={value!r}")
+
+
+def _function(loss: str, variant: str, kz: str):
+    _check_choice("loss", loss, LOSSES)
+    _check_choice("bound", variant, VARIANTS)
+    _check_choice("kz", kz, KZ_DEFINITIONS)
+    key = (loss, f"strict_{kz}" if variant == "strict" else variant)
+    if key not in FUNCTIONS:
+        raise ValueError(f"the paper gives no bound for loss={loss!r}; use bound='corrected' or 'strict'")
+    return FUNCTIONS[key]
+
+
+def bound_inputs(loss: str) -> tuple[str, ...]:
+    """Inputs a loss needs besides K_z, m, lam and w_max (e.g. ``("k",)``)."""
+    _check_choice("loss", loss, LOSSES)
+    names: dict[str, None] = {}
+    for (name, what), (_, args) in FUNCTIONS.items():
+        if name == loss and what != "dE_dz":
+            names.update(dict.fromkeys(a for a in args if a not in ("K_z", "m")))
+    return tuple(names)
+
+
+def _validate(field: str, value, *, minimum: float, strict: bool = False, integer: bool = False):
+    """Check plain numbers; tensors pass through (checking them would sync the device)."""
+    if value is None:
+        raise ValueError(f"{field} is required")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if hasattr(value, "dtype"):   # a tensor
+            return
+        raise ValueError(f"{field} must be a number; got {field}={value!r}")
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{field} must be finite; got {field}={value!r}")
+    if integer and value != int(value):
+        raise ValueError(f"{field} must be an integer; got {field}={value!r}")
+    if value < minimum or (strict and value == minimum):
+        op = ">" if strict else ">="
+        raise ValueError(f"{field} must be {op} {minimum:g}; got {field}={value!r}")
+
+
+def lipschitz_bound(loss: str, variant: str = "paper", *, K_z, m, k=None, K_a=None,
+                    y_norm=None, eps=None, lam=0.0, w_max=0.0, kz: str = "frobenius"):
+    r"""L, including the weight-decay term :math:`\lambda \cdot \max\|w\|`.
+
+    Accepts Python numbers or torch tensors (any dtype and device); a tensor
+    input gives a tensor on its device.
+    """
+    fn, args = _function(loss, variant, kz)
+    given = {"K_z": K_z, "m": m, "k": k, "K_a": K_a, "y_norm": y_norm, "eps": eps}
+    _validate("K_z", K_z, minimum=0)
+    _validate("m", m, minimum=0, strict=True, integer=True)
+    if "k" in args:
+        _validate("k", k, minimum=2, integer=True)
+    for name in ("K_a", "y_norm"):
+        if name in args:
+            _validate(name, given[name], minimum=0)
+    if "eps" in args:
+        _validate("eps", eps, minimum=0)
+        if not hasattr(eps, "dtype") and eps >= 1:
+            raise ValueError(f"eps must be < 1; got eps={eps!r}")
+    _validate("lam", lam, minimum=0)
+    _validate("w_max", w_max, minimum=0)
+    L = fn(**{a: given[a] for a in args})
+    wd_fn, wd_args = FUNCTIONS[("*", "weight_decay")]
+    return L + wd_fn(**{"lam": lam, "w_max": w_max})
+
+
+def learning_rate(L, *, min_lr: float | None = None, max_lr: float | None = None):
+    """``(lr, clamped)`` with lr = 1/L, clamped to ``[min_lr, max_lr]``.
+
+    ``clamped`` is None, ``"min_lr"``, ``"max_lr"`` or ``"K_z=0"`` (L = 0: the
+    rule would give an infinite rate; ``max_lr`` is used instead and said so).
+    """
+    L = float(L)
+    if math.isnan(L) or math.isinf(L):
+        raise ValueError(f"L must be finite; got L={L!r}")
+    if L < 0:
+        raise ValueError(f"L must be >= 0; got L={L!r} (the paper's mse bound is negative when y_norm > K_a)")
+    if L == 0:
+        if max_lr is None:
+            raise ValueError("K_z = 0 gives L = 0 and an infinite learning rate; set max_lr")
+        return float(max_lr), "K_z=0"
+    lr = 1.0 / L
+    if max_lr is not None and lr > max_lr:
+        return float(max_lr), "max_lr"
+    if min_lr is not None and lr < min_lr:
+        return float(min_lr), "min_lr"
+    return lr, None
+
+
+def derivative(loss: str):
+    """The generated dE/dz of a loss and its argument names (for plots and tests)."""
+    _check_choice("loss", loss, LOSSES)
+    return FUNCTIONS[(loss, "dE_dz")]
+
+
+def supremum(loss: str, **params):
+    """The derived sup |dE/dz| of a loss at these parameters."""
+    _check_choice("loss", loss, LOSSES)
+    fn, args = FUNCTIONS[(loss, "sup")]
+    return fn(**{a: params[a] for a in args})

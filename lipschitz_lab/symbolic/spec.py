@@ -1,0 +1,38 @@
+"""A loss, as the symbolic engine sees it: one short definition."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import sympy as sp
+
+from lipschitz_lab.symbolic.domain import Var
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Everything the engine needs to derive a loss's Lipschitz bound.
+
+    ``loss`` is the batch loss E as a function of one last-layer
+    pre-activation ``wrt`` (it carries the paper's 1/m).  ``variables`` are
+    the inputs of dE/dz and their domains; the supremum is taken over all of
+    them.  ``paper_bound`` is L as published (None if the paper has none);
+    ``paper_point`` is where the paper evaluated the derivative, if it did.
+    ``inputs`` are the parameters a user supplies besides K_z and m.
+    """
+
+    name: str
+    title: str
+    loss: sp.Expr
+    wrt: sp.Symbol
+    variables: tuple[Var, ...]
+    inputs: tuple[str, ...] = ()
+    paper_bound: sp.Expr | None = None
+    paper_equation: str | None = None
+    paper_point: dict | None = None
+    quotient: bool = False          # also derive the Lipschitz quotient of eq. 8
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def scaled(self, factor) -> "LossSpec":
+        """The same loss multiplied by ``factor`` (its bound must scale too)."""
+        return replace(self, name=f"{self.name}_x{factor}", loss=sp.sympify(factor) * self.loss,
+                       paper_bound=None, paper_point=None)
