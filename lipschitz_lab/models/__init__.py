@@ -1,0 +1,13 @@
+"""Models by name: ``get_model("mlp", input_shape=(64,), num_outputs=10)``.
+
+Registered names: ``mlp``, ``mnist_cnn`` (the paper's Table 1), ``resnet20``
+(v1) and ``resnet164`` (v2), the last two in Keras' ``cifar10_resnet`` layout.
+Any ``nn.Module`` instance passes through :func:`get_model` unchanged.
+"""
+from lipschitz_lab.models.registry import (
+    MODELS, count_parameters, default_model_for, get_model, register_model,
+)
+# importing the architectures fills MODELS
+from lipschitz_lab.models import mlp, mnist_cnn, resnet  # noqa: F401,E402
+
+__all__ = ["MODELS", "count_parameters", "default_model_for", "get_model", "register_model"]

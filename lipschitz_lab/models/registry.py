@@ -1,0 +1,84 @@
+"""The model registry: one name -> ``builder(input_shape, num_outputs, **options) -> nn.Module``.
+
+Every registered model ends in an ``nn.Linear`` that is the last module in
+``model.modules()``: the Lipschitz rule bounds the gradient of that layer, and
+the probe finds it by walking the modules.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from torch import nn
+
+Builder = Callable[..., nn.Module]
+
+#: name -> builder; add to it with :func:`register_model`
+MODELS: dict[str, Builder] = {}
+
+
+def register_model(name: str, builder: Builder | None = None, *, replace: bool = False):
+    """Register ``builder`` under ``name``; without ``builder``, return a decorator."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got name={name!r}")
+
+    def add(fn: Builder) -> Builder:
+        if name in MODELS and not replace:
+            raise ValueError(f"model name={name!r} is already registered; pass replace=True")
+        MODELS[name] = fn
+        return fn
+
+    return add if builder is None else add(builder)
+
+
+def get_model(name: str | nn.Module, *, input_shape: tuple[int, ...] | None = None,
+              num_outputs: int | None = None, **options: Any) -> nn.Module:
+    """Build the registered model ``name`` for ``input_shape`` (per example) and ``num_outputs``.
+
+    An ``nn.Module`` instance is returned unchanged (bring your own model).
+    """
+    if isinstance(name, nn.Module):
+        if options:
+            raise ValueError(f"options {sorted(options)} cannot apply to a model instance; "
+                             f"pass a registered name instead")
+        return name
+    if name not in MODELS:
+        raise ValueError(f"unknown model name={name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    if input_shape is None or len(input_shape) == 0 \
+            or not all(isinstance(d, int) and d > 0 for d in input_shape):
+        raise ValueError(f"input_shape must be a tuple of positive ints, got input_shape={input_shape!r}")
+    if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
+        raise ValueError(f"num_outputs must be an integer >= 1, got num_outputs={num_outputs!r}")
+
+    builder = MODELS[name]
+    params = inspect.signature(builder).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    own = [p.name for p in params.values() if p.kind is p.KEYWORD_ONLY]
+    for key in options:
+        if not takes_any and key not in own:
+            choices = ", ".join(own) if own else "none"
+            raise ValueError(f"model {name!r} has no option {key}={options[key]!r}; its options: {choices}")
+    return builder(tuple(input_shape), num_outputs, **options)
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameter entries (BatchNorm running statistics are buffers, not counted).
+
+    Keras' "Total params" also counts BatchNorm's moving mean and variance; this
+    matches Keras' "Trainable params" for the Keras-layout models here.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def default_model_for(splits_or_shape: Any) -> str:
+    """The model the paper would use: "mnist_cnn" for 1x28x28, "resnet20" for 3x32x32, else "mlp".
+
+    Accepts a :class:`~lipschitz_lab.data.DataSplits` (anything with
+    ``input_shape``) or a shape tuple.
+    """
+    shape = tuple(getattr(splits_or_shape, "input_shape", splits_or_shape))
+    if shape == (1, 28, 28):
+        return "mnist_cnn"
+    if shape == (3, 32, 32):
+        return "resnet20"
+    return "mlp"  # flattens anything, e.g. digits' 64 features or its 1x8x8 images
