@@ -131,6 +131,12 @@ def train(config: TrainConfig | dict, *, store: RunStore | str | os.PathLike | N
     config.validate()
     device = select_device(config.device)
     rank, world = _distributed()
+    from lipschitz_lab.data import DATASETS
+    from lipschitz_lab.models import MODELS
+    if config.dataset not in DATASETS:
+        raise ConfigError(f"dataset={config.dataset!r}: unknown; choose one of {', '.join(sorted(DATASETS))}")
+    if config.model not in MODELS:
+        raise ConfigError(f"model={config.model!r}: unknown; choose one of {', '.join(sorted(MODELS))}")
     try:
         splits = get_dataset(config.dataset, data_root=config.data_root, seed=config.seed,
                              val_fraction=config.val_fraction, augment=config.augment,
@@ -199,15 +205,21 @@ def train(config: TrainConfig | dict, *, store: RunStore | str | os.PathLike | N
             store.set_status(run_id, "running")
 
     writer = StoreWriter(store, run_id, enabled=rank == 0)
+    subscribers = list(subscribers)
     sinks = [writer, *subscribers]
 
     def emit(record: Record) -> None:
         for sink in sinks:
             sink(record)
 
+    def announce(status: str, reason: str | None, at_step: int, at_epoch: int) -> None:
+        """Status records go to subscribers; the store keeps the status in the run's row."""
+        for sink in subscribers:
+            sink({"kind": "status", "status": status, "run_id": run_id, "reason": reason,
+                  "step": at_step, "epoch": at_epoch})
+
     result = Run(run_id, "running", None, config, Path(store.path))
-    emit({"kind": "status", "status": "running", "run_id": run_id, "reason": None, "step": step,
-          "epoch": start_epoch})
+    announce("running", None, step, start_epoch)
     if progress is None:
         progress = rank == 0 and sys.stderr.isatty()
     t0 = time.perf_counter() - time_offset
@@ -235,6 +247,10 @@ def train(config: TrainConfig | dict, *, store: RunStore | str | os.PathLike | N
                     out = net(x)
                     loss = crit(out.float(), y)
                 loss_v = loss.item()
+                if world > 1:   # every rank must see a divergence at the same step
+                    flag = torch.tensor([loss_v], dtype=torch.float64, device=device)
+                    torch.distributed.all_reduce(flag)
+                    loss_v = loss_v if math.isfinite(flag.item()) else flag.item()
                 if not math.isfinite(loss_v):
                     raise DivergenceError(f"step {step}: loss is {loss_v}")
                 loss.backward()
@@ -306,9 +322,8 @@ def train(config: TrainConfig | dict, *, store: RunStore | str | os.PathLike | N
         result.steps, result.wall_time = step, time.perf_counter() - t0
         if policy.lipschitz:
             policy.scheduler.close()
-        emit({"kind": "status", "status": result.status, "run_id": run_id, "reason": result.reason,
-              "step": step, "epoch": epoch})
         writer.close()
         if rank == 0:
             store.set_status(run_id, result.status, result.reason)
+        announce(result.status, result.reason, step, epoch)
     return result

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if exc.args else str(exc)
         print(f"lipschitz-lab: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:      # `lipschitz-lab runs list | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("lipschitz-lab: interrupted", file=sys.stderr)
         return 130

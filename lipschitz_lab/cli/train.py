@@ -65,7 +65,8 @@ def build_config(args) -> TrainConfig:
     return TrainConfig.from_dict(data).validate()
 
 
-def print_table(run, out=sys.stdout) -> None:
+def print_table(run, out=None) -> None:
+    out = out or sys.stdout
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
     print(f"{'epoch':>5} {'lr':>10} {'train_loss':>11} {'train_acc':>9} {'val_loss':>9} {'val_acc':>8} "
@@ -111,4 +112,4 @@ def run(args) -> int:
         from lipschitz_lab.ui.report import write_report
         path = write_report(RunStore(result.store_path), result.run_id)
         print(f"report: {path}")
-    return 0 if result.status in ("finished", "stopped") else 1
+    return 0   # finished, stopped and diverged are outcomes, recorded; a failure raised above
