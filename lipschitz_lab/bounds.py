@@ -119,14 +119,19 @@ def lipschitz_bound(loss: str, variant: str = "paper", *, K_z, m, k=None, K_a=No
 def learning_rate(L, *, min_lr: float | None = None, max_lr: float | None = None):
     """``(lr, clamped)`` with lr = 1/L, clamped to ``[min_lr, max_lr]``.
 
-    ``clamped`` is None, ``"min_lr"``, ``"max_lr"`` or ``"K_z=0"`` (L = 0: the
-    rule would give an infinite rate; ``max_lr`` is used instead and said so).
+    ``clamped`` is None, ``"min_lr"``, ``"max_lr"``, ``"K_z=0"`` (L = 0: the
+    rule would give an infinite rate; ``max_lr`` is used instead and said so) or
+    ``"L<0"`` (the paper's mse bound when y_norm > K_a: no rate follows; ``max_lr``).
     """
     L = float(L)
     if math.isnan(L) or math.isinf(L):
         raise ValueError(f"L must be finite; got L={L!r}")
     if L < 0:
-        raise ValueError(f"L must be >= 0; got L={L!r} (the paper's mse bound is negative when y_norm > K_a)")
+        # the paper's mse bound (K_a - y_norm)K_z/m is negative when y_norm > K_a: no rate follows
+        if max_lr is None:
+            raise ValueError(f"L must be >= 0; got L={L!r} (the paper's mse bound is negative when "
+                             "y_norm > K_a); set max_lr to clamp")
+        return float(max_lr), "L<0"
     if L == 0:
         if max_lr is None:
             raise ValueError("K_z = 0 gives L = 0 and an infinite learning rate; set max_lr")

@@ -53,3 +53,11 @@ def test_learning_rate_clamps_and_kz_zero():
         learning_rate(L)
     with pytest.raises(ValueError, match="finite"):
         learning_rate(float("nan"))
+
+
+def test_negative_paper_mse_bound_is_clamped_and_reported():
+    L = lipschitz_bound("mse", "paper", K_z=2.0, m=4, K_a=1.0, y_norm=3.0)
+    assert L < 0
+    assert learning_rate(L, max_lr=0.5) == (0.5, "L<0")
+    with pytest.raises(ValueError, match="negative"):
+        learning_rate(L)
