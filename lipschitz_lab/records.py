@@ -20,7 +20,7 @@ STEP_KEYS = (
     "kind",         # "step"
     "step",         # global optimizer step, 0-based
     "epoch",        # 0-based epoch
-    "lr",           # the rate in force for this step
+    "lr",           # the rate this step's update used (group 0, lr_scale included)
     "K_z",          # this batch's K_z (the configured definition)
     "L",            # this batch's bound in the configured variant (incl. lam*w_max)
     "bound",        # variant name: "paper" | "corrected" | "strict"
@@ -46,7 +46,7 @@ EPOCH_KEYS = (
     "train_loss", "train_acc",
     "val_loss", "val_acc",
     "test_loss", "test_acc",
-    "time",        # wall seconds of the epoch
+    "time",        # wall seconds since the run started, at the epoch's end
 )
 
 

@@ -268,7 +268,8 @@ class LipschitzLR(LRScheduler):
         if self._rate is None:               # no optimizer.step() hook fired: start from this batch
             self._set_rate(stats, stats["w_max"], "train", "warm start")
             self._rate_from_batch = True
-        lr, info = self._rate, dict(self._rate_info)
+        scale = float(self.optimizer.param_groups[0].get("lr_scale", 1.0))   # the rate group 0 really used
+        lr, info = self._rate * scale, dict(self._rate_info)
         lam, w_max = self._lam(), stats["w_max"]
         Ls = {v: (self._L(v, stats, lam, w_max) if v in self._variants else None) for v in VARIANTS}
         if info["kz_mode"] == "eval" and info["K_z"] is not None and self._K_z(stats) > 10 * info["K_z"]:
@@ -285,7 +286,7 @@ class LipschitzLR(LRScheduler):
             bound=self.bound, grad_last=stats["grad_last"], grad_layers=stats["grad_layers"],
             clamped=info["clamped"], L_paper=Ls["paper"], L_corrected=Ls["corrected"], L_strict=Ls["strict"],
             kz=self.kz, kz_mode=info["kz_mode"], K_z_rate=info["K_z"], L_rate=info["L"],
-            rate_source=info["source"], lr_next=self._rate, w_max=w_max, lam=lam, m=stats["m"],
+            rate_source=info["source"], lr_next=self._rate * scale, w_max=w_max, lam=lam, m=stats["m"],
             k=self.num_classes if "k" in self._needs else None,
             K_a=stats["K_a"] if "K_a" in self._needs else None,
             y_norm=stats["y_norm"] if "y_norm" in self._needs else None,

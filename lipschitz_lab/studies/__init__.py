@@ -1,0 +1,36 @@
+"""What-if studies: one base config under many lr policies and seeds, compared side by side.
+
+- :mod:`~lipschitz_lab.studies.spec` -- StudySpec, the policy catalogue, presets;
+- :mod:`~lipschitz_lab.studies.baselines` -- the extra policies (LR range test,
+  Prodigy, D-Adaptation, DoG, Schedule-Free), registered into
+  :mod:`lipschitz_lab.policies`;
+- :mod:`~lipschitz_lab.studies.runner` -- run_study: worker processes, skip/resume;
+- :mod:`~lipschitz_lab.studies.results` -- the table and the Markdown summary, from the store.
+
+Names load on first use, so ``build_policy`` importing the baselines stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    **{n: "lipschitz_lab.studies.spec" for n in ("StudySpec", "PolicyEntry", "RunPlan", "catalogue", "select",
+                                                  "GROUPS", "STUDY_PRESETS", "study_preset", "load_study")},
+    **{n: "lipschitz_lab.studies.runner" for n in ("run_study", "StudyResult", "RunOutcome", "plan_study")},
+    **{n: "lipschitz_lab.studies.results" for n in ("study_table", "summary_markdown", "epoch_frame",
+                                                     "step_frame", "ranking", "verdict", "table_text")},
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lipschitz_lab.studies' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

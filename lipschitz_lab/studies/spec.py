@@ -1,0 +1,311 @@
+"""What a study is: one base config x a list of lr policies x seeds.
+
+A *policy entry* is a name plus the config fields that make the policy, e.g.
+``{"name": "lipschitz-paper-epoch-sgd", "lr_policy": "lipschitz", "bound":
+"paper", "recompute": "epoch", "optimizer": "sgd"}``.  :func:`catalogue`
+holds every entry the toolkit knows; :func:`select` picks entries by name,
+by group (``lipschitz``, ``baselines``, ...) or by glob (``constant-*``).
+
+Each (policy, seed) pair is one run, named by a stable key
+``study/policy/seed=S/<hash of the full config>``: run the same study twice
+and the second finds the first's runs in the store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lipschitz_lab.config import ConfigError, TrainConfig
+
+__all__ = ["PolicyEntry", "RunPlan", "StudySpec", "GROUPS", "catalogue", "select",
+           "STUDY_PRESETS", "study_preset", "load_study"]
+
+#: the multiples of 1/L that ask "is 1/L near the best constant?"
+LR_SCALES = (0.1, 0.3, 3.0, 10.0)
+#: a constant-lr grid, 1/3 decade apart, around the usual SGD rates
+CONSTANT_LRS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+#: the peak rate of the decaying schedules (step, cosine, one-cycle)
+SCHEDULE_LR = 0.1
+# config fields a policy entry may not set: the study sets them per run
+_RESERVED = ("seed", "name", "study")
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """One lr policy of a study: a name and the config fields that make it."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise ConfigError(f"policy name={self.name!r}: must be a non-empty string without '/'")
+        for key in self.overrides:
+            if key in _RESERVED:
+                raise ConfigError(f"policy {self.name!r}: field {key!r} is set by the study, not by a policy")
+            if key not in _FIELDS:
+                raise ConfigError(f"policy {self.name!r}: unknown config field {key!r}")
+
+    @property
+    def lr_policy(self) -> str:
+        return self.overrides.get("lr_policy", TrainConfig.lr_policy)
+
+    @property
+    def family(self) -> str:
+        """``lipschitz`` (lr = 1/L), ``lipschitz-scaled`` (c/L, c != 1) or ``baseline``."""
+        if self.lr_policy != "lipschitz":
+            return "baseline"
+        return "lipschitz" if float(self.overrides.get("lr_scale", 1.0)) == 1.0 else "lipschitz-scaled"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.overrides}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PolicyEntry":
+        if not isinstance(data, dict) or "name" not in data:
+            raise ConfigError(f"policy entry={data!r}: needs a 'name' and config fields")
+        rest = {k: v for k, v in data.items() if k != "name"}
+        return cls(data["name"], rest)
+
+
+def _lipschitz(bound: str, recompute: str, optimizer: str, scale: float = 1.0) -> PolicyEntry:
+    name = f"lipschitz-{bound}-{recompute}-{optimizer}" + ("" if scale == 1.0 else f"-x{scale:g}")
+    over = {"lr_policy": "lipschitz", "bound": bound, "recompute": recompute, "optimizer": optimizer}
+    if scale != 1.0:
+        over["lr_scale"] = scale
+    return PolicyEntry(name, over)
+
+
+def catalogue() -> dict[str, PolicyEntry]:
+    """Every policy entry the toolkit knows, by name, in a fixed order."""
+    entries: list[PolicyEntry] = []
+    # 1) LipschitzLR: three bounds x per epoch/per step x SGD, momentum, Adam (the follow-up paper)
+    for optimizer in ("sgd", "momentum", "adam"):
+        for recompute in ("epoch", "step"):
+            for bound in ("paper", "corrected", "strict"):
+                entries.append(_lipschitz(bound, recompute, optimizer))
+    # 2) what-if: the paper's rate times c
+    entries += [_lipschitz("paper", "epoch", "sgd", c) for c in LR_SCALES]
+    # 3) baselines that need a rate: a constant grid and three decaying schedules, all plain SGD
+    entries += [PolicyEntry(f"constant-{lr:g}", {"lr_policy": "constant", "lr": lr, "optimizer": "sgd"})
+                for lr in CONSTANT_LRS]
+    entries += [PolicyEntry(f"{sched}-{SCHEDULE_LR:g}", {"lr_policy": sched, "lr": SCHEDULE_LR, "optimizer": "sgd"})
+                for sched in ("step", "cosine", "onecycle")]
+    # 4) baselines that find their own rate
+    entries += [PolicyEntry("lr-range-test", {"lr_policy": "lr_range_test", "optimizer": "sgd"}),
+                PolicyEntry("lr-range-test-min10", {"lr_policy": "lr_range_test_min10", "optimizer": "sgd"})]
+    entries += [PolicyEntry("prodigy", {"lr_policy": "prodigy", "lr": 1.0, "optimizer": "sgd"}),
+                PolicyEntry("dadapt-sgd", {"lr_policy": "dadapt_sgd", "lr": 1.0, "optimizer": "sgd"}),
+                PolicyEntry("dog", {"lr_policy": "dog", "lr": 1.0, "optimizer": "sgd"}),
+                # the package's README: 10-50x the usual SGD rate
+                PolicyEntry("schedulefree-sgd", {"lr_policy": "schedulefree_sgd", "lr": 1.0, "optimizer": "sgd"})]
+    return {e.name: e for e in entries}
+
+
+#: group name -> predicate on an entry; usable wherever a policy name is
+GROUPS = {
+    "all": lambda e: True,
+    "lipschitz": lambda e: e.lr_policy == "lipschitz",
+    "lipschitz-variants": lambda e: e.family == "lipschitz",
+    "lipschitz-scaled": lambda e: e.family == "lipschitz-scaled",
+    "baselines": lambda e: e.family == "baseline",
+    "constant": lambda e: e.lr_policy == "constant",
+    "schedules": lambda e: e.lr_policy in ("step", "cosine", "onecycle"),
+    "range-tests": lambda e: e.lr_policy.startswith("lr_range_test"),
+    "parameter-free": lambda e: e.lr_policy in ("prodigy", "dadapt_sgd", "dog", "schedulefree_sgd"),
+}
+
+
+def select(names: list[str] | tuple[str, ...] | str) -> list[PolicyEntry]:
+    """Catalogue entries by name, group (:data:`GROUPS`) or glob; catalogue order, no duplicates."""
+    if isinstance(names, str):
+        names = [names]
+    known = catalogue()
+    chosen: set[str] = set()
+    for name in names:
+        if name in known:                   # a policy name wins over a group of the same name
+            hits = [name]
+        elif name in GROUPS:
+            hits = [n for n, e in known.items() if GROUPS[name](e)]
+        else:
+            hits = [n for n in known if fnmatch.fnmatchcase(n, name)]
+        if not hits:
+            raise ConfigError(f"policies={name!r}: no policy, group or glob match; groups: {', '.join(GROUPS)}; "
+                              f"{len(known)} policies, e.g. {', '.join(list(known)[:2])} "
+                              "(`lipschitz-lab study --list` shows them all)")
+        chosen.update(hits)
+    return [e for n, e in known.items() if n in chosen]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of a study: a policy at a seed, with its full config and its store key."""
+
+    study: str
+    policy: str
+    seed: int
+    config: dict[str, Any]
+    key: str
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of the config's canonical JSON."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class StudySpec:
+    """A base config (TrainConfig fields) x policy entries x seeds."""
+
+    name: str
+    base: dict[str, Any]
+    policies: list[PolicyEntry]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    target_acc: float | None = None     # "epochs/time to target" in the results table
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise ConfigError(f"name={self.name!r}: a study needs a non-empty name without '/'")
+        self.policies = [p if isinstance(p, PolicyEntry) else PolicyEntry.from_dict(p) for p in self.policies]
+        if not self.policies:
+            raise ConfigError("policies=[]: a study needs at least one policy")
+        names = [p.name for p in self.policies]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"policies: the name {dup[0]!r} appears twice")
+        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                     for s in self.seeds):
+            raise ConfigError(f"seeds={self.seeds!r}: need a non-empty list of integers >= 0")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds={self.seeds!r}: a seed appears twice")
+        if self.target_acc is not None and not 0 < self.target_acc <= 1:
+            raise ConfigError(f"target_acc={self.target_acc!r}: must be in (0, 1]")
+        for key in self.base:
+            if key in _RESERVED:
+                raise ConfigError(f"base config field {key!r} is set by the study per run")
+            if key not in _FIELDS:
+                raise ConfigError(f"unknown config field {key!r}; known fields: {', '.join(sorted(_FIELDS))}")
+
+    def runs(self) -> list[RunPlan]:
+        """Every (policy, seed) run, validated; raises ConfigError before anything trains."""
+        from lipschitz_lab.policies import POLICIES, _load_plugins
+        _load_plugins()
+        plans = []
+        for entry in self.policies:
+            if entry.lr_policy not in POLICIES:
+                raise ConfigError(f"policy {entry.name!r}: lr_policy={entry.lr_policy!r} is unknown; "
+                                  f"choose one of {', '.join(POLICIES)}")
+            for seed in self.seeds:
+                cfg = TrainConfig.from_dict({**self.base, **entry.overrides, "seed": seed,
+                                             "name": entry.name, "study": self.name}).validate()
+                config = cfg.to_dict()
+                key = f"{self.name}/{entry.name}/seed={seed}/{config_hash(config)}"
+                plans.append(RunPlan(self.name, entry.name, seed, config, key))
+        return plans
+
+    def replace(self, **changes) -> "StudySpec":
+        """A copy with some fields changed; ``base_overrides=`` merges into the base config."""
+        base_over = changes.pop("base_overrides", None) or {}
+        spec = dataclasses.replace(self, **changes)
+        if base_over:
+            spec = dataclasses.replace(spec, base={**spec.base, **base_over})
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": {"name": self.name, "seeds": list(self.seeds), "target_acc": self.target_acc,
+                          "policies": [p.to_dict() for p in self.policies]},
+                "train": dict(self.base)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StudySpec":
+        """From ``{"study": {...}, "train": {...}}`` (the TOML layout, see :func:`load_study`)."""
+        study = dict(data.get("study") or {})
+        unknown = sorted(set(data) - {"study", "train"})
+        if unknown:
+            raise ConfigError(f"unknown table [{unknown[0]}]; a study file has [study] and [train]")
+        allowed = {"name", "preset", "seeds", "policies", "target_acc"}
+        bad = sorted(set(study) - allowed)
+        if bad:
+            raise ConfigError(f"unknown [study] field {bad[0]!r}; known: {', '.join(sorted(allowed))}")
+        base_spec = study_preset(study["preset"]) if "preset" in study else None
+        base = {**(base_spec.base if base_spec else {}), **dict(data.get("train") or {})}
+        policies = _policies(study["policies"]) if "policies" in study else (
+            base_spec.policies if base_spec else select("all"))
+        name = study.get("name", base_spec.name if base_spec else None)
+        if name is None:
+            raise ConfigError("[study] name is missing: a study needs a name")
+        seeds = study.get("seeds", base_spec.seeds if base_spec else [0])
+        target = study.get("target_acc", base_spec.target_acc if base_spec else None)
+        return cls(name, base, policies, list(seeds), target)
+
+
+def _policies(items: list) -> list[PolicyEntry]:
+    """A list of catalogue names/groups/globs (str) and entries (tables), in the order given."""
+    if not isinstance(items, list):
+        raise ConfigError(f"policies={items!r}: must be a list of names and tables")
+    out: list[PolicyEntry] = []
+    for item in items:
+        new = select(item) if isinstance(item, str) else [PolicyEntry.from_dict(item)]
+        out += [e for e in new if e.name not in {p.name for p in out}]
+    return out
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read a study from TOML::
+
+        [study]
+        name = "tiny"
+        seeds = [0, 1]
+        target_acc = 0.9
+        policies = ["lipschitz-paper-epoch-sgd", "constant-*",
+                    {name = "my-const", lr_policy = "constant", lr = 0.05}]
+        [train]            # the base config: TrainConfig fields
+        dataset = "digits"
+        epochs = 2
+
+    ``preset = "digits-quick"`` under ``[study]`` starts from a preset.
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except OSError as exc:
+        raise ConfigError(f"config={str(p)!r}: cannot read the file ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config={str(p)!r}: not valid TOML ({exc})") from None
+    return StudySpec.from_dict(data)
+
+
+#: the studies the CLI knows by name
+STUDY_PRESETS: dict[str, dict[str, Any]] = {
+    # the demo: every policy on digits with the small MLP, a few CPU-seconds per run
+    "digits-quick": {
+        "study": {"name": "digits-quick", "seeds": [0, 1], "target_acc": 0.9, "policies": ["all"]},
+        "train": {"dataset": "digits", "model": "mlp", "batch_size": 64, "epochs": 4, "device": "cpu"},
+    },
+    # the benchmark (benchmarks/bench_whatif_mnist.py): the paper's Table-1 CNN on a
+    # fixed class-balanced 12,000-image MNIST subset, tested on all 10,000 test images;
+    # no augmentation: on 2 CPU cores it costs +40 % per epoch, and 3 epochs are too few to need it
+    "mnist-whatif": {
+        "study": {"name": "mnist-whatif", "seeds": [0, 1], "target_acc": 0.97, "policies": ["all"]},
+        "train": {"dataset": "mnist", "model": "mnist_cnn", "batch_size": 256, "epochs": 3,
+                  "train_subset": 12000, "data_root": "/work/shared/data",
+                  "dataset_options": {"download": False}, "augment": False},
+    },
+}
+
+
+def study_preset(name: str) -> StudySpec:
+    if name not in STUDY_PRESETS:
+        raise ConfigError(f"preset={name!r}: unknown study preset; choose one of {', '.join(STUDY_PRESETS)}")
+    data = STUDY_PRESETS[name]
+    study = dict(data["study"])
+    return StudySpec(study["name"], dict(data["train"]), _policies(study["policies"]),
+                     list(study["seeds"]), study.get("target_acc"))

@@ -1,0 +1,338 @@
+"""What-if studies: every policy trains, re-runs skip, divergence and failures are recorded,
+the table equals the store's records, the CLI and the study panel work."""
+import math
+import textwrap
+
+import numpy as np
+import pytest
+
+from lipschitz_lab import policies as policies_mod
+from lipschitz_lab.config import ConfigError
+from lipschitz_lab.runs import RunStore
+from lipschitz_lab.studies.baselines import BASELINES, RANGE_ITERS, suggest_lr
+from lipschitz_lab.studies.results import study_table, summary_markdown, verdict
+from lipschitz_lab.studies.runner import run_study
+from lipschitz_lab.studies.spec import PolicyEntry, StudySpec, catalogue, load_study, select
+
+# digits + the small MLP: ~23 steps an epoch, a fraction of a second per run
+BASE = {"dataset": "digits", "model": "mlp", "batch_size": 64, "device": "cpu"}
+CATALOGUE = catalogue()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on busy shared cores OpenMP's
+    spinning threads make a 0.5 s test take 10 s; spawned workers set their own."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(name, policies, seeds=(0,), **base):
+    return StudySpec(name, {**BASE, "epochs": 1, "max_steps": 4, **base}, policies, list(seeds))
+
+
+class CountingTrain:
+    """Wraps trainer.train and counts the calls (the runner looks it up at call time)."""
+
+    def __init__(self, monkeypatch):
+        import lipschitz_lab.trainer as trainer
+        self.calls, self._train = [], trainer.train
+        monkeypatch.setattr(trainer, "train", self)
+
+    def __call__(self, config, **kw):
+        self.calls.append((config["name"], kw.get("resume")))
+        return self._train(config, **kw)
+
+
+# -- the policies ------------------------------------------------------------------------
+def test_catalogue_covers_every_registered_policy():
+    policies_mod._load_plugins()
+    used = {e.lr_policy for e in CATALOGUE.values()}
+    assert set(policies_mod.POLICIES) <= used, set(policies_mod.POLICIES) - used
+    assert set(BASELINES) <= set(policies_mod.POLICIES)
+    names = set(CATALOGUE)
+    for bound in ("paper", "corrected", "strict"):
+        for rec in ("epoch", "step"):
+            for opt in ("sgd", "momentum", "adam"):
+                assert f"lipschitz-{bound}-{rec}-{opt}" in names
+    assert {f"lipschitz-paper-epoch-sgd-x{c}" for c in ("0.1", "0.3", "3", "10")} <= names
+    assert {e.overrides["lr"] for e in select("constant")} == {0.003, 0.01, 0.03, 0.1, 0.3, 1.0}
+
+
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_every_policy_runs_and_records_steps(name, tmp_path):
+    from lipschitz_lab.trainer import train
+    entry = CATALOGUE[name]
+    store = RunStore(tmp_path / "s.db")
+    run = train({**BASE, "epochs": 1, "max_steps": 4, **entry.overrides, "name": name}, store=store,
+                progress=False)
+    steps = store.records(run.run_id, "step")
+    assert store.get_run(run.run_id)["status"] == run.status
+    lrs = np.array([s["lr"] for s in steps], float)
+    assert len(steps) >= 1 and np.isfinite(lrs).all() and (lrs > 0).all()
+    if run.status == "diverged":            # only the what-if multiples x3, x10 may blow up this fast
+        assert entry.overrides.get("lr_scale", 1) > 1, run.reason
+        return
+    assert run.status == "finished", run.reason
+    assert len(steps) == 4
+    epoch = store.records(run.run_id, "epoch")[0]
+    assert 0 <= epoch["val_acc"] <= 1
+    if entry.lr_policy == "constant":
+        assert np.allclose(lrs, entry.overrides["lr"])
+    if entry.lr_policy.startswith("lr_range_test"):   # the range test's iterations count in the cost
+        assert 20 <= epoch["extra_steps"] <= RANGE_ITERS  # fewer when the sweep's loss diverges
+        assert np.allclose(lrs, lrs[0]) and 1e-5 < lrs[0] < 10
+    if entry.lr_policy in ("prodigy", "dadapt_sgd"):  # lr * d, d starting at d0 = 1e-6
+        assert lrs[0] == pytest.approx(1e-6)
+    if entry.lr_policy == "dog":                      # eta_0 = r_eps / ||g_0||: far below c = 1
+        assert lrs[0] < 1e-2
+
+
+def test_suggest_lr_against_hand_computed_curves():
+    lrs = list(np.logspace(-5, 1, 61))
+    # a loss that falls fastest at index 30 (a tanh step centred there) and is smallest at 45
+    idx = np.arange(61)
+    loss = 2 - np.tanh((idx - 30) / 3.0) + np.where(idx > 45, (idx - 45) * 0.5, 0)
+    assert suggest_lr(lrs, list(loss), "steepest") == pytest.approx(lrs[30])
+    assert suggest_lr(lrs, list(loss), "min10") == pytest.approx(lrs[45] / 10)
+    with pytest.raises(ValueError, match="rule"):
+        suggest_lr(lrs, list(loss), "median")
+    with pytest.raises(ValueError, match="finite"):
+        suggest_lr([1e-3, 1e-2, 1e-1], [1.0, math.nan, math.inf])
+
+
+# -- the spec ----------------------------------------------------------------------------
+def test_run_keys_are_stable_and_follow_the_config():
+    spec = tiny("k", select(["constant-0.1", "prodigy"]), seeds=(0, 1))
+    keys = [p.key for p in spec.runs()]
+    assert keys == [p.key for p in tiny("k", select(["constant-0.1", "prodigy"]), seeds=(0, 1)).runs()]
+    assert len(set(keys)) == 4 and keys[0].startswith("k/constant-0.1/seed=0/")
+    other = [p.key for p in tiny("k", select(["constant-0.1", "prodigy"]), seeds=(0, 1), epochs=2).runs()]
+    assert not set(keys) & set(other)
+
+
+@pytest.mark.parametrize("make,field", [
+    (lambda: PolicyEntry("p", {"lrr": 0.1}), "lrr"),
+    (lambda: PolicyEntry("p", {"seed": 3}), "seed"),
+    (lambda: tiny("s", select("constant-0.1"), seeds=()), "seeds"),
+    (lambda: select("no-such-policy"), "no-such-policy"),
+    (lambda: tiny("s", [PolicyEntry("p", {"lr_policy": "nope"})]).runs(), "nope"),
+    (lambda: tiny("s", select("constant-0.1"), epochs=0).runs(), "epochs"),
+])
+def test_bad_specs_name_the_field(make, field):
+    with pytest.raises(ConfigError, match=field):
+        make()
+
+
+# -- running: skip, resume, diverge, fail --------------------------------------------------
+def test_rerun_skips_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
+    spec = tiny("rerun", select(["constant-0.1", "lipschitz-strict-epoch-sgd"]), seeds=(0, 1))
+    store = RunStore(tmp_path / "s.db")
+    first = run_study(spec, store)
+    assert [o.action for o in first.outcomes] == ["new"] * 4
+    assert all(o.status == "finished" for o in first.outcomes)
+    ids = sorted(r["id"] for r in store.list_runs(study="rerun"))
+
+    counter = CountingTrain(monkeypatch)
+    second = run_study(spec, store)
+    assert counter.calls == []
+    assert [o.action for o in second.outcomes] == ["skipped"] * 4
+    assert sorted(r["id"] for r in store.list_runs(study="rerun")) == ids
+
+
+def test_rerun_resumes_stopped_and_restarts_without_checkpoint(tmp_path, monkeypatch):
+    spec = tiny("resume", select(["constant-0.1", "constant-0.3"]), epochs=2, max_steps=None)
+    store = RunStore(tmp_path / "s.db")
+    first = run_study(spec, store)
+    a, b = first.outcomes
+    store.set_status(a.run_id, "stopped", "pretend the user stopped it")
+    store.set_status(b.run_id, "failed", "pretend it crashed")
+    (tmp_path / "checkpoints" / f"{b.run_id}.pt").unlink()
+
+    counter = CountingTrain(monkeypatch)
+    second = run_study(spec, store)
+    assert counter.calls == [("constant-0.1", a.run_id), ("constant-0.3", b.run_id)]
+    assert [o.action for o in second.outcomes] == ["resumed", "restarted"]
+    assert "no checkpoint" in second.outcomes[1].note
+    assert [o.status for o in second.outcomes] == ["finished", "finished"]
+    assert [o.run_id for o in second.outcomes] == [a.run_id, b.run_id]
+    for o in second.outcomes:                  # a resume leaves exactly one record per epoch
+        assert [e["epoch"] for e in store.records(o.run_id, "epoch")] == [0, 1]
+
+
+def test_diverging_policy_is_recorded_and_the_study_goes_on(tmp_path):
+    boom = PolicyEntry("constant-1e6", {"lr_policy": "constant", "lr": 1e6})
+    spec = tiny("diverge", [boom, *select("constant-0.1")], max_steps=10)
+    result = run_study(spec, RunStore(tmp_path / "s.db"))
+    by = {o.policy: o for o in result.outcomes}
+    assert by["constant-1e6"].status == "diverged" and by["constant-1e6"].reason
+    assert by["constant-0.1"].status == "finished"
+    table = result.table()
+    assert table.set_index("policy").loc["constant-1e6", "diverged"] == 1
+
+
+@pytest.fixture
+def exploding_policy():
+    @policies_mod.register_policy("test_exploding")
+    def build(config, model, ctx):
+        raise RuntimeError("the policy exploded on purpose")
+    yield PolicyEntry("exploding", {"lr_policy": "test_exploding"})
+    policies_mod.POLICIES.pop("test_exploding", None)
+
+
+def test_raising_run_is_recorded_failed_in_process(tmp_path, exploding_policy):
+    spec = tiny("fail", [exploding_policy, *select("constant-0.1")])
+    store = RunStore(tmp_path / "s.db")
+    result = run_study(spec, store)
+    bad, good = result.outcomes
+    assert bad.status == "failed" and "exploded on purpose" in bad.reason
+    assert store.find_run(bad.key)["status"] == "failed"
+    assert good.status == "finished"
+
+
+def test_worker_processes_record_results_and_failures(tmp_path, exploding_policy):
+    # a spawned worker has no "test_exploding" policy: its build raises there, and the run is failed
+    spec = tiny("pool", [exploding_policy, *select("constant-0.1")])
+    store = RunStore(tmp_path / "s.db")
+    result = run_study(spec, store, workers=2)
+    by = {o.policy: o for o in result.outcomes}
+    assert by["exploding"].status == "failed" and "test_exploding" in by["exploding"].reason
+    assert by["constant-0.1"].status == "finished"
+    assert len(store.records(by["constant-0.1"].run_id, "step")) == 4
+
+
+# -- results ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    store = RunStore(tmp_path_factory.mktemp("study") / "s.db")
+    spec = StudySpec("table", {**BASE, "epochs": 2}, select(["constant-0.3", "lipschitz-strict-epoch-sgd",
+                                                              "lipschitz-paper-epoch-sgd-x0.1"]),
+                     [0, 1], target_acc=0.5)
+    run_study(spec, store)
+    return spec, store
+
+
+def test_table_numbers_equal_the_store_records(finished_study):
+    spec, store = finished_study
+    table = study_table(store, spec).set_index("policy")
+    for policy in ("constant-0.3", "lipschitz-strict-epoch-sgd"):
+        ids = [store.find_run(p.key)["id"] for p in spec.runs() if p.policy == policy]
+        final_test = [store.records(i, "epoch")[-1]["test_acc"] for i in ids]
+        best_val = [max(e["val_acc"] for e in store.records(i, "epoch")) for i in ids]
+        lrs = [s["lr"] for i in ids for s in store.records(i, "step")]
+        assert table.loc[policy, "final_test_acc_mean"] == pytest.approx(np.mean(final_test))
+        assert table.loc[policy, "final_test_acc_std"] == pytest.approx(np.std(final_test, ddof=1))
+        assert table.loc[policy, "best_val_acc_mean"] == pytest.approx(np.mean(best_val))
+        assert table.loc[policy, "lr_min"] == pytest.approx(min(lrs))
+        assert table.loc[policy, "lr_max"] == pytest.approx(max(lrs))
+        assert set(table.loc[policy, "run_ids"].split(", ")) == set(ids)
+        # epochs to target: the first epoch (1-based) whose val accuracy reaches 0.5
+        hits = []
+        for i in ids:
+            accs = [e["val_acc"] for e in store.records(i, "epoch")]
+            hits.append(next((k + 1 for k, a in enumerate(accs) if a >= 0.5), math.nan))
+        assert np.nanmean(hits) == pytest.approx(table.loc[policy, "epochs_to_target_mean"], nan_ok=True)
+    # rank 1 is the best mean final test accuracy
+    assert table["final_test_acc_mean"].idxmax() == table["rank"].idxmin()
+
+
+def test_summary_says_where_lipschitz_stands(finished_study):
+    spec, store = finished_study
+    table = study_table(store, spec)
+    text = summary_markdown(table, spec)
+    rank = int(table.set_index("policy").loc["lipschitz-strict-epoch-sgd", "rank"])
+    ordinal = {1: "1st", 2: "2nd", 3: "3rd"}[rank]
+    assert f"best LipschitzLR variant (`lipschitz-strict-epoch-sgd`" in text
+    assert f"ranks {ordinal} of 3 policies" in text and verdict(table) in text
+    assert text.count("| `") == 3
+
+
+def test_study_plots_fill_from_the_store(finished_study, tmp_path):
+    from lipschitz_lab.ui.study_plots import save_study_html, study_figures
+    spec, store = finished_study
+    figs = study_figures(store, spec)
+    counts = figs.row_counts()
+    assert counts["acc"] == 3 * 2 and counts["bars"] == 3
+    n_steps = len(store.records(store.find_run(spec.runs()[0].key)["id"], "step"))
+    assert len(figs.lr_sources["constant-0.3"].data["lr"]) == n_steps
+    path = save_study_html(store, spec, tmp_path / "plots.html")
+    assert "Bokeh" in path.read_text()[:20000]
+
+
+# -- the CLI and the panel ------------------------------------------------------------------
+def test_cli_unknown_preset_is_one_line_exit_2(cli):
+    code, out, err = cli("study", "--preset", "nope")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "preset='nope'" in err
+
+
+def test_cli_bad_workers_is_one_line_exit_2(cli):
+    code, _, err = cli("study", "--preset", "digits-quick", "--workers", "0", "--no-run")
+    assert code == 2 and err.count("\n") == 1 and "--workers" in err
+
+
+def test_cli_tiny_study_from_toml(cli, tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(textwrap.dedent("""
+        [study]
+        name = "tiny-cli"
+        seeds = [0]
+        policies = ["constant-0.1", {name = "my-const", lr_policy = "constant", lr = 0.05}]
+        [train]
+        dataset = "digits"
+        epochs = 1
+        max_steps = 3
+        device = "cpu"
+    """))
+    code, out, err = cli("study", "--config", cfg, "--store", tmp_path / "s.db", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "`constant-0.1`" in out and "`my-const`" in out
+    assert (tmp_path / "out" / "summary.md").read_text().startswith("## What-if study: tiny-cli")
+    assert (tmp_path / "out" / "plots.html").exists()
+    assert len(RunStore(tmp_path / "s.db").list_runs(study="tiny-cli")) == 2
+    spec = load_study(cfg)
+    assert [p.name for p in spec.policies] == ["constant-0.1", "my-const"]
+
+
+def test_study_panel_headless(tmp_path):
+    from lipschitz_lab.ui.study_panel import StudyPanel
+    panel = StudyPanel(tmp_path / "s.db", name="panel", **BASE, epochs=1, max_steps=5)
+    panel.select(["constant-0.1", "lipschitz-strict-epoch-sgd"])
+    assert panel.selector.value == ("lipschitz-strict-epoch-sgd", "constant-0.1")
+    panel.launch()
+    assert panel.wait(timeout=120)
+    panel.flush()
+    counts = panel.figures.row_counts()
+    assert counts["lr"] == 2 * 5 and counts["acc"] == 2 and counts["bars"] == 2
+    assert "finished" in panel.status.value and not panel.running
+    assert len(panel.figures.acc_sources["constant-0.1"].data["val_acc"]) == 1
+
+
+def test_study_panel_reports_a_bad_seed_without_a_thread(tmp_path):
+    from lipschitz_lab.ui.study_panel import StudyPanel
+    panel = StudyPanel(tmp_path / "s.db", **BASE)
+    panel.seeds.value = "zero"
+    panel.launch()
+    assert not panel.running and "seeds" in panel.error and panel._threads == []
+
+
+@pytest.mark.slow
+def test_notebook_03_runs_quick(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "03_what_if_lr.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")   # stored cleared
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIPSCHITZ_LAB_QUICK", "1")
+        mp.setenv("LIPSCHITZ_LAB_STORE", str(tmp_path / "nb.db"))
+        nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}}).execute()
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", ""))
+                   for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "5 runs trained" in text and "best LipschitzLR variant" in text
+    assert len(RunStore(tmp_path / "nb.db").list_runs(study="notebook-quick")) == 5
