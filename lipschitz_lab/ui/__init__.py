@@ -1,0 +1,39 @@
+"""ipywidgets + Bokeh panels and HTML reports: the only layer that imports either.
+
+Exports load on first use, so ``import lipschitz_lab.ui`` stays cheap:
+
+- :func:`training_panel` -- Start/Stop a run and watch K_z, lr and the bound live
+- :func:`derivation_panel` -- each loss's derivation, the paper's claim and |dE/dz| over z
+- :func:`runs_panel` -- browse the run store and overlay runs
+- :func:`write_report` -- one self-contained HTML file per run
+- :func:`study_panel` -- what-if studies: policies compared side by side
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "training_panel": "lipschitz_lab.ui.training_panel",
+    "TrainingPanel": "lipschitz_lab.ui.training_panel",
+    "derivation_panel": "lipschitz_lab.ui.derivation_panel",
+    "DerivationPanel": "lipschitz_lab.ui.derivation_panel",
+    "runs_panel": "lipschitz_lab.ui.runs_panel",
+    "RunsPanel": "lipschitz_lab.ui.runs_panel",
+    "write_report": "lipschitz_lab.ui.report",
+    "study_panel": "lipschitz_lab.ui.study_panel",     # the what-if study panel (issue 6)
+    "StudyPanel": "lipschitz_lab.ui.study_panel",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lipschitz_lab.ui' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,131 @@
+"""From the training thread to the kernel's event loop, in batches.
+
+Widgets and Bokeh documents belong to the kernel's thread: their comm messages
+must leave from it.  So the training thread does one thing only, it puts plain
+records on a :class:`queue.SimpleQueue`; one function, :meth:`Bridge.flush`,
+takes everything queued and applies it, on the kernel's asyncio loop.
+
+The first record after a flush asks the loop (``call_soon_threadsafe``) to
+flush ``interval`` seconds later (``call_later``); records arriving meanwhile
+ride along in the same batch.  So the loop wakes at most about 1/interval
+times a second, however fast the trainer steps, and the trainer never waits
+on the front end.
+
+Without a running loop (a plain script, pytest) nothing is scheduled: call
+:meth:`flush` yourself.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any, Callable
+
+Record = dict[str, Any]
+
+#: seconds between two batches (DESIGN.md: "in batches of about 0.2 s")
+INTERVAL = 0.2
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread (the kernel's, inside a cell or a widget callback)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class Bridge:
+    """Queue records from any thread; apply them in batches on ``loop``.
+
+    Args:
+        apply: ``apply(batch)`` with the records queued since the last call, in order.
+            Runs on ``loop`` (or in whichever thread calls :meth:`flush`).
+        loop: where ``apply`` runs; ``None``: only by calling :meth:`flush`.
+        interval: seconds a batch collects records before it is applied.
+    """
+
+    def __init__(self, apply: Callable[[list[Record]], None], loop: asyncio.AbstractEventLoop | None = None,
+                 interval: float = INTERVAL):
+        if interval < 0:
+            raise ValueError(f"interval must be >= 0, got interval={interval!r}")
+        self._apply = apply
+        self.loop = loop
+        self.interval = interval
+        self._queue: queue.SimpleQueue[Record] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self.batches = 0    # how many times apply ran (the benchmark and tests read it)
+
+    def put(self, record: Record) -> None:
+        """Queue one record (any thread); the subscriber the trainer calls."""
+        self._queue.put(record)
+        loop = self.loop
+        if loop is None:
+            return
+        # The record is queued before the flag is read: if a flush is pending it
+        # clears the flag first and drains after, so it sees this record.
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            loop.call_soon_threadsafe(self._arm)
+        except RuntimeError:  # the loop closed (kernel shutting down): nothing left to draw on
+            with self._lock:
+                self._scheduled = False
+
+    __call__ = put
+
+    def _arm(self) -> None:
+        self.loop.call_later(self.interval, self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        self.flush()
+
+    def flush(self) -> int:
+        """Apply everything queued now, in one batch; returns how many records it held."""
+        batch: list[Record] = []
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if batch:
+            self.batches += 1
+            self._apply(batch)
+        return len(batch)
+
+    def pending(self) -> bool:
+        return not self._queue.empty()
+
+
+_BOKEHJS_LOADED = False
+
+
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel (not in a terminal IPython, not in pytest)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def load_bokehjs(force: bool = False) -> bool:
+    """Put BokehJS into the page, inline (works offline), once per kernel.
+
+    ``jupyter_bokeh.BokehModel`` renders with the page's ``window.Bokeh``; it
+    does not bring its own.  Returns True when it emitted the loader.
+    """
+    global _BOKEHJS_LOADED
+    if not in_kernel() or (_BOKEHJS_LOADED and not force):
+        return False
+    from bokeh.io import output_notebook
+    from bokeh.resources import INLINE
+    output_notebook(INLINE, hide_banner=True)
+    _BOKEHJS_LOADED = True
+    return True

@@ -1,0 +1,129 @@
+"""The runs panel: a table of the store's runs, a multi-select, and their curves overlaid.
+
+Overlays: validation accuracy per epoch, the learning rate per step (log) and
+the training loss per step.  Each chosen run is one line in each figure; the
+sources hold one row per run (``multi_line``), so choosing runs replaces them.
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+from typing import Any
+
+import ipywidgets as widgets
+from bokeh.layouts import gridplot
+from bokeh.models import ColumnDataSource
+from bokeh.palettes import Category10_10
+from bokeh.plotting import figure
+from jupyter_bokeh import BokehModel
+
+from lipschitz_lab.runs import RunStore
+from lipschitz_lab.ui._bridge import load_bokehjs
+from lipschitz_lab.ui.figures import epoch_columns, number, step_columns
+from lipschitz_lab.ui.report import as_store
+
+#: the table's columns: (header, how to get it from a run and its last epoch record)
+COLUMNS = ("id", "name", "status", "dataset", "model", "policy", "final val_acc", "final test_acc")
+#: step rows drawn per run at most (evenly thinned beyond)
+MAX_POINTS = 2000
+
+
+def _summary(run: dict, last: dict | None) -> dict[str, Any]:
+    cfg = run["config"]
+    policy = cfg.get("lr_policy", "?")
+    if policy == "lipschitz":
+        policy = f"lipschitz ({cfg.get('bound')}, {cfg.get('optimizer')})"
+    last = last or {}
+    return {"id": run["id"], "name": run["name"] or "", "status": run["status"],
+            "dataset": cfg.get("dataset", "?"), "model": cfg.get("model", "?"), "policy": policy,
+            "final val_acc": number(last.get("val_acc")), "final test_acc": number(last.get("test_acc"))}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4f}"
+    return html.escape(str(value))
+
+
+class RunsPanel(widgets.VBox):
+    """Browse a run store; choose runs to overlay their curves."""
+
+    def __init__(self, store: RunStore | str | os.PathLike | None = None):
+        self.store = as_store(store)
+        self.table = widgets.HTML()
+        self.select = widgets.SelectMultiple(options=[], rows=8, description="runs",
+                                             layout=widgets.Layout(width="640px"))
+        self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
+        self.refresh_button.on_click(lambda _b: self.refresh())
+        self.select.observe(lambda change: self.overlay(change["new"]), names="value")
+        self.summaries: list[dict[str, Any]] = []
+
+        empty = {"xs": [], "ys": [], "label": [], "color": []}
+        self.acc = ColumnDataSource(dict(empty))
+        self.lr = ColumnDataSource(dict(empty))
+        self.loss = ColumnDataSource(dict(empty))
+        self.acc_points = ColumnDataSource({"x": [], "y": [], "color": []})   # one epoch is a point, not a line
+        self.figures = {
+            "acc": self._fig("Validation accuracy per epoch", "epochs done", "val_acc", self.acc),
+            "lr": self._fig("Learning rate per step (log)", "step", "lr", self.lr, y_log=True),
+            "loss": self._fig("Training loss per step", "step", "loss", self.loss),
+        }
+        self.figures["acc"].scatter("x", "y", source=self.acc_points, color="color", size=6)
+        load_bokehjs()
+        self.plot = BokehModel(gridplot([[self.figures["acc"], self.figures["lr"]], [self.figures["loss"], None]]))
+        self.refresh()
+        super().__init__(children=[self.table, widgets.HBox([self.select, self.refresh_button]), self.plot])
+        self.add_class("lipschitz-runs-panel")
+
+    @staticmethod
+    def _fig(title: str, x: str, y: str, source: ColumnDataSource, y_log: bool = False):
+        p = figure(title=title, width=430, height=260, x_axis_label=x, y_axis_label=y,
+                   y_axis_type="log" if y_log else "linear", tools="pan,box_zoom,wheel_zoom,reset,save")
+        p.multi_line("xs", "ys", source=source, color="color", line_width=2, legend_field="label")
+        p.legend.label_text_font_size = "8pt"
+        p.legend.click_policy = "hide"
+        return p
+
+    def refresh(self) -> None:
+        """Read the store again: the table and the choices."""
+        runs = self.store.list_runs()
+        self.summaries = []
+        for run in runs:
+            epochs = self.store.records(run["id"], "epoch")
+            self.summaries.append(_summary(run, epochs[-1] if epochs else None))
+        head = "".join(f"<th style='padding:0 .6em;text-align:left'>{c}</th>" for c in COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td style='padding:0 .6em'>{_cell(s[c])}</td>" for c in COLUMNS)
+                       + "</tr>" for s in reversed(self.summaries))
+        self.table.value = (f"<b>{len(runs)} runs</b> in <code>{html.escape(str(self.store.path))}</code>"
+                            f"<table style='font-size:90%'><tr>{head}</tr>{body}</table>")
+        chosen = [v for v in self.select.value if any(s["id"] == v for s in self.summaries)]
+        self.select.options = [(f"{s['id']}  {s['name']}  {s['dataset']}/{s['model']}  {s['policy']}", s["id"])
+                               for s in reversed(self.summaries)]
+        self.select.value = tuple(chosen)
+
+    def overlay(self, run_ids) -> None:
+        """Draw the chosen runs (the multi-select calls this)."""
+        acc, lr, loss = ({"xs": [], "ys": [], "label": [], "color": []} for _ in range(3))
+        for i, run_id in enumerate(run_ids):
+            run = self.store.get_run(run_id)
+            label = run["name"] or run_id
+            color = Category10_10[i % 10]
+            e = epoch_columns(self.store.records(run_id, "epoch"))
+            s = step_columns(self.store.records(run_id, "step"))
+            stride = max(1, math.ceil(len(s["step"]) / MAX_POINTS))
+            for src, xs, ys in ((acc, e["epochs_done"], e["val_acc"]),
+                                (lr, s["step"][::stride], s["lr"][::stride]),
+                                (loss, s["step"][::stride], s["loss"][::stride])):
+                src["xs"].append(xs)
+                src["ys"].append(ys)
+                src["label"].append(label)
+                src["color"].append(color)
+        self.acc.data, self.lr.data, self.loss.data = acc, lr, loss
+        self.acc_points.data = {"x": [x for xs in acc["xs"] for x in xs], "y": [y for ys in acc["ys"] for y in ys],
+                                "color": [c for xs, c in zip(acc["xs"], acc["color"]) for _ in xs]}
+
+
+def runs_panel(store: RunStore | str | os.PathLike | None = None) -> RunsPanel:
+    """The runs panel; show it as the last expression of a cell."""
+    return RunsPanel(store)

@@ -1,0 +1,244 @@
+"""The live training panel: pick a run's settings, press Start, watch K_z, lr and the bound.
+
+>>> from lipschitz_lab.ui import training_panel
+>>> training_panel(dataset="digits", epochs=5)          # the last line of a cell  # doctest: +SKIP
+
+Threads (docs/architecture.md, "Threads in the notebook"):
+
+1. Start builds the config from the widgets and runs :func:`~lipschitz_lab.trainer.train`
+   in a ``threading.Thread``.
+2. The thread only puts plain records on the :class:`~lipschitz_lab.ui._bridge.Bridge`'s queue.
+3. One function, :meth:`TrainingPanel._apply`, applies them to the Bokeh sources and the
+   widgets on the kernel's event loop, in batches of about 0.2 s.
+4. Stop sets the trainer's ``stop_event``; the run ends within one batch, status "stopped".
+
+No cell ever joins the thread.  Tests and scripts without a running loop call
+:meth:`TrainingPanel.wait` and then :meth:`TrainingPanel.flush`.
+"""
+from __future__ import annotations
+
+import html
+import math
+import threading
+import traceback
+from typing import Any
+
+import ipywidgets as widgets
+from jupyter_bokeh import BokehModel
+
+from lipschitz_lab.bounds import KZ_DEFINITIONS, VARIANTS
+from lipschitz_lab.config import OPTIMIZERS, ConfigError, TrainConfig
+from lipschitz_lab.runs import RunStore
+from lipschitz_lab.ui._bridge import Bridge, load_bokehjs, running_loop
+from lipschitz_lab.ui.figures import RunFigures, number
+from lipschitz_lab.ui.report import as_store
+
+Record = dict[str, Any]
+
+#: the widgets, by config field: (kind, label); choices for dropdowns come from the registries
+DROPDOWNS = ("dataset", "model", "loss", "lr_policy", "optimizer", "bound", "kz", "recompute")
+NUMBERS = ("batch_size", "epochs", "weight_decay", "min_lr", "max_lr")
+LABELS = {"dataset": "data set", "model": "model", "loss": "loss", "lr_policy": "policy",
+          "optimizer": "optimizer", "bound": "bound", "kz": "K_z definition", "recompute": "recompute",
+          "batch_size": "batch size m", "epochs": "epochs", "weight_decay": "weight decay λ",
+          "min_lr": "min lr", "max_lr": "max lr"}
+
+_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#ff7f0e", "diverged": "#d62728",
+           "failed": "#d62728", "error": "#d62728"}
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    from lipschitz_lab.data import DATASETS
+    from lipschitz_lab.losses import LOSSES
+    from lipschitz_lab.models import MODELS
+    from lipschitz_lab.policies import POLICIES
+    return {"dataset": tuple(DATASETS), "model": tuple(MODELS), "loss": tuple(LOSSES),
+            "lr_policy": tuple(POLICIES), "optimizer": OPTIMIZERS, "bound": VARIANTS,
+            "kz": KZ_DEFINITIONS, "recompute": ("epoch", "step")}
+
+
+class TrainingPanel(widgets.VBox):
+    """Controls, a status line, a step counter and the live figures of one run at a time.
+
+    ``defaults`` are :class:`~lipschitz_lab.config.TrainConfig` fields: those with a
+    widget set its initial value, the others (``max_steps``, ``seed``, ...) go to
+    every run unchanged.
+    """
+
+    def __init__(self, store: RunStore | str | None = None, **defaults: Any):
+        base = TrainConfig.from_dict(defaults)          # unknown fields fail here, naming the field
+        self.store = as_store(store)
+        self.defaults = dict(defaults)
+        choices = _choices()
+        self.controls: dict[str, widgets.ValueWidget] = {}
+        for name in DROPDOWNS:
+            value = getattr(base, name)
+            options = list(choices[name]) + ([value] if value not in choices[name] else [])
+            self.controls[name] = widgets.Dropdown(options=options, value=value, description=LABELS[name])
+        for name in NUMBERS:
+            kind = widgets.IntText if name in ("batch_size", "epochs") else widgets.FloatText
+            self.controls[name] = kind(value=getattr(base, name), description=LABELS[name])
+        for w in self.controls.values():
+            w.style.description_width = "110px"
+            w.layout.width = "260px"
+
+        self.start_button = widgets.Button(description="Start", button_style="success", icon="play")
+        self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
+        self.start_button.on_click(self.start)
+        self.stop_button.on_click(self.stop)
+        self.status = widgets.HTML(value="<b>ready</b>: press Start")
+        self.counter = widgets.HTML(value="step 0")
+        self.status.add_class("lipschitz-status")
+        self.counter.add_class("lipschitz-counter")
+
+        self.figures = RunFigures()
+        load_bokehjs()
+        self.plot = BokehModel(self.figures.layout)
+
+        self.run_id: str | None = None
+        self.run = None                     # the trainer's Run once it returns
+        self.error: str | None = None       # the last ConfigError / failure, as shown
+        self._thread: threading.Thread | None = None
+        self._stop_event: threading.Event | None = None
+        self._bridge: Bridge | None = None
+        self._active = False
+        self._epochs = base.epochs
+        self._planned = False
+        self._cfg: dict[str, Any] = {}
+
+        grid = widgets.GridBox(list(self.controls.values()),
+                               layout=widgets.Layout(grid_template_columns="repeat(3, 270px)"))
+        bar = widgets.HBox([self.start_button, self.stop_button, self.counter],
+                           layout=widgets.Layout(align_items="center"))
+        super().__init__(children=[grid, bar, self.status, self.plot])
+        self.add_class("lipschitz-training-panel")
+
+    # -- the config -----------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The config a Start would train: the defaults, overridden by the widgets."""
+        cfg = dict(self.defaults)
+        cfg.update({name: w.value for name, w in self.controls.items()})
+        return cfg
+
+    @property
+    def running(self) -> bool:
+        return self._active
+
+    # -- buttons --------------------------------------------------------------------
+    def start(self, _button: widgets.Button | None = None) -> None:
+        """Start a run in a background thread (a second Start while one runs does nothing)."""
+        if self._active:
+            return
+        cfg = self._cfg = self.config()
+        self._active = True
+        self.run_id = self.run = self.error = None
+        self._epochs = cfg.get("epochs", 0)
+        self.figures.reset()
+        self.figures.plan(cfg.get("max_steps"))
+        self._planned = cfg.get("max_steps") is not None
+        self.counter.value = "step 0"
+        self._set_status("running", "starting…")
+        self.start_button.disabled, self.stop_button.disabled = True, False
+        self._stop_event = threading.Event()
+        # the loop of the thread that pressed Start: the kernel's, in a notebook
+        self._bridge = Bridge(self._apply, running_loop())
+        self._thread = threading.Thread(target=self._work, args=(cfg, self._stop_event, self._bridge),
+                                        name="lipschitz-lab-train", daemon=True)
+        self._thread.start()
+
+    def stop(self, _button: widgets.Button | None = None) -> None:
+        """Ask the run to stop; it ends after the batch in progress."""
+        if self._stop_event is not None and self._active:
+            self._stop_event.set()
+            self.stop_button.disabled = True
+            self._set_status("running", "stopping after this batch…")
+
+    # -- the training thread: it only queues -------------------------------------------
+    def _work(self, cfg: dict, stop_event: threading.Event, bridge: Bridge) -> None:
+        from lipschitz_lab.trainer import train
+        try:
+            run = train(cfg, store=self.store, subscribers=(bridge.put,), stop_event=stop_event, progress=False)
+        except ConfigError as exc:
+            bridge.put({"kind": "panel", "event": "error", "message": str(exc)})
+        except Exception as exc:  # the thread must report, not die silently
+            bridge.put({"kind": "panel", "event": "failed", "message": f"{type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc()})
+        else:
+            self.run = run
+            bridge.put({"kind": "panel", "event": "done", "status": run.status, "reason": run.reason,
+                        "run_id": run.run_id, "steps": run.steps, "wall_time": run.wall_time})
+
+    # -- the loop side: the one function that touches Bokeh and the widgets ----------------
+    def _apply(self, batch: list[Record]) -> None:
+        steps = [r for r in batch if r.get("kind") == "step"]
+        epochs = [r for r in batch if r.get("kind") == "epoch"]
+        self.figures.add_steps(steps)
+        self.figures.add_epochs(epochs)
+        if epochs and not self._planned:
+            # the first epoch tells the steps per epoch, hence the run's length: thin to fit
+            last = epochs[-1]
+            per_epoch = int(last["step"]) / (int(last["epoch"]) + 1)
+            self.figures.plan(math.ceil(per_epoch * self._epochs))
+            self._planned = True
+        if steps:
+            last = steps[-1]
+            self.counter.value = (f"step <b>{int(last['step']) + 1}</b> · epoch {int(last['epoch']) + 1}"
+                                  f"/{self._epochs} · lr {number(last.get('lr')):.4g}")
+        for r in batch:
+            kind = r.get("kind")
+            if kind == "status":
+                self._on_status(r)
+            elif kind == "panel":
+                self._on_panel(r)
+
+    def _on_status(self, r: Record) -> None:
+        self.run_id = r.get("run_id") or self.run_id
+        if r["status"] == "running":
+            cfg = {**TrainConfig().to_dict(), **self._cfg}    # the run's, not the widgets' now
+            self._set_status("running", f"run <code>{self.run_id}</code> · {cfg['dataset']} / {cfg['model']}"
+                                        f" / {cfg['loss']} / {cfg['lr_policy']}")
+        else:
+            reason = f" · {html.escape(r['reason'])}" if r.get("reason") else ""
+            self._set_status(r["status"], f"run <code>{self.run_id}</code> at step {r.get('step')}{reason}")
+
+    def _on_panel(self, r: Record) -> None:
+        event = r["event"]
+        if event == "done":
+            final = self.figures.epochs.data.get("val_acc") or []
+            acc = f" · val_acc {final[-1]:.4f}" if final and not math.isnan(final[-1]) else ""
+            reason = f" · {html.escape(r['reason'])}" if r.get("reason") else ""
+            self._set_status(r["status"], f"run <code>{r['run_id']}</code> · {r['steps']} steps in "
+                                          f"{r['wall_time']:.1f} s{acc}{reason}")
+        else:  # "error" (bad config: no run was created) or "failed"
+            self.error = r["message"]
+            self._set_status("error" if event == "error" else "failed", html.escape(r["message"]))
+        self._active = False
+        self.start_button.disabled, self.stop_button.disabled = False, True
+
+    def _set_status(self, state: str, text: str) -> None:
+        color = _COLORS.get(state, "black")
+        self.status.value = f"<span style='color:{color}'><b>{state}</b></span>: {text}"
+
+    # -- for tests and scripts (never inside a notebook cell) ------------------------------
+    def flush(self) -> int:
+        """Apply the queued records now, in this thread; returns how many there were."""
+        return self._bridge.flush() if self._bridge is not None else 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Join the training thread (True when it has ended).  Not in a notebook cell:
+        the kernel's loop would stall, and with it the live figures."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    @property
+    def status_text(self) -> str:
+        """The status line without its markup."""
+        import re
+        return html.unescape(re.sub(r"<[^>]+>", "", self.status.value))
+
+
+def training_panel(store: RunStore | str | None = None, **defaults: Any) -> TrainingPanel:
+    """The live training panel; show it as the last expression of a cell."""
+    return TrainingPanel(store, **defaults)

@@ -1,0 +1,189 @@
+"""End to end: JupyterLab serves 02_live_training, headless Chromium runs it, presses
+Start, watches the live plots and the step counter, presses Stop.
+
+Needs /usr/bin/chromium (apt) and the playwright package; a missing browser is a
+failure, not a skip.  The screenshot lands in test-artifacts/browser/ (gitignored).
+"""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from lipschitz_lab.runs import RunStore
+from ui_helpers import jupyter_env
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+#: true once NOTEBOOK is the current tab and its kernel is connected and idle (needs expose_app_in_browser)
+NOTEBOOK = "02_live_training.ipynb"
+KERNEL_IDLE = """() => {
+    const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    const s = w && w.context && w.context.path.endsWith('%s') && w.sessionContext;
+    return !!(s && s.isReady && s.session && s.session.kernel && s.session.kernel.status === 'idle');
+}""" % NOTEBOOK
+
+LONG_EPOCHS = 300
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"jupyter lab exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"jupyter lab did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """JupyterLab on a free port, serving a copy of the notebooks; always torn down."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    shutil.copy(ROOT / "notebooks" / NOTEBOOK, notebooks)
+    store = tmp_path / "store" / "runs.db"
+    port, token = _free_port(), secrets.token_hex(16)
+    log = tmp_path / "jupyter.log"
+    # LIPSCHITZ_LAB_QUICK unset: the panel's defaults train for ~30 s or more, time to press Stop
+    env = jupyter_env(tmp_path, LIPSCHITZ_LAB_STORE=str(store))
+    _lab_settings(Path(env["JUPYTERLAB_SETTINGS_DIR"]))
+    cmd = [str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", "--ip=127.0.0.1",
+           f"--port={port}", f"--ServerApp.token={token}", "--allow-root", f"--notebook-dir={notebooks}",
+           "--ServerApp.port_retries=0", "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
+           "jupyterlab.NeverCheckForUpdate"]
+    with open(log, "w") as out:
+        server = subprocess.Popen(cmd, cwd=notebooks, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", server, log)
+        yield {"url": f"http://127.0.0.1:{port}", "token": token, "store": store, "log": log}
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)   # the server shuts its kernels down
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(5)
+
+
+def _lab_settings(folder: Path) -> None:
+    """Start the notebook's kernel without asking, and no news toast over the panel."""
+    settings = {
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
+            {"fetchNews": "false", "checkForUpdates": False},
+    }
+    for name, value in settings.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(value))
+
+
+def _step(text: str) -> int:
+    m = re.search(r"step\s+(\d+)", text)
+    return int(m.group(1)) if m else 0
+
+
+def test_live_training_panel_in_jupyterlab(lab):
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install chromium"
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "02_live_training.png"
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{lab['url']}/lab/tree/{NOTEBOOK}?token={lab['token']}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            # the notebook's kernel must be connected and idle before "Run All"
+            page.wait_for_function(KERNEL_IDLE, timeout=120_000)
+            if page.locator(".jp-Dialog").count():      # "Select Kernel", should the setting be ignored
+                page.locator(".jp-Dialog .jp-mod-accept").click()
+
+            # 1) Run All Cells, the command behind Run > Run All Cells
+            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+
+            # 2) the panel renders: widgets, and Bokeh figures drawn on canvases
+            panel = page.locator(".lipschitz-training-panel")
+            panel.wait_for(timeout=120_000)
+            panel.locator("canvas").first.wait_for(timeout=60_000)
+            start = panel.locator("button", has_text="Start")
+            status = panel.locator(".lipschitz-status")
+            counter = panel.locator(".lipschitz-counter")
+            # the later cells (a direct 30-step run, the report, the runs panel) finish first
+            page.locator(".lipschitz-runs-panel").wait_for(timeout=120_000)
+            page.wait_for_function(KERNEL_IDLE, timeout=60_000)
+
+            # 3) a long run, typed into the epochs field (so that it is still going when Stop
+            #    comes, however fast this machine is), then Start: the counter advances
+            epochs = panel.locator(".widget-text:has(label:text-is('epochs')) input")
+            epochs.fill(str(LONG_EPOCHS))
+            epochs.press("Enter")
+            panel.scroll_into_view_if_needed()
+            start.click()
+            page.wait_for_function(
+                "el => /step\\s+\\d{2,}/.test(el.textContent)", arg=counter.element_handle(), timeout=90_000)
+            first = _step(counter.inner_text())
+            deadline = time.monotonic() + 30
+            while _step(counter.inner_text()) <= first:
+                assert time.monotonic() < deadline, "the step counter stopped advancing"
+                time.sleep(0.25)
+            assert "running" in status.inner_text()
+
+            # 4) Stop: the status line says so within a batch (plus a 0.2 s flush)
+            panel.locator("button", has_text="Stop").click()
+            page.wait_for_function("el => el.textContent.includes('stopped')",
+                                   arg=status.element_handle(), timeout=60_000)
+            time.sleep(1.0)   # let the last batch draw before the picture
+            panel.screenshot(path=str(shot))
+            page.screenshot(path=str(ARTIFACTS / "02_live_training_page.png"), full_page=False)
+            text = status.inner_text()
+            n_canvas = panel.locator("canvas").count()
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=False)
+            raise
+        finally:
+            browser.close()
+
+    assert "stopped" in text
+    assert n_canvas >= 7, f"expected the 7 figures' canvases, found {n_canvas}"
+    runs = RunStore(lab["store"]).list_runs()
+    stopped = [r for r in runs if r["status"] == "stopped"]
+    assert len(stopped) == 1, [(r["name"], r["status"]) for r in runs]
+    assert stopped[0]["config"]["epochs"] == LONG_EPOCHS          # the typed value reached the kernel
+    n = len(RunStore(lab["store"]).records(stopped[0]["id"], "step"))
+    assert n >= 10
+    assert shot.stat().st_size > 20_000
+    assert not [e for e in errors if "Bokeh" in e or "bokeh" in e], errors

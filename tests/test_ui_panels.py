@@ -1,0 +1,327 @@
+"""The panels, driven headless: buttons clicked from pytest, sources checked against the store.
+
+No kernel runs here, so no event loop drains the bridge: the tests join the
+training thread with ``panel.wait`` and apply the queue with ``panel.flush``,
+which is what the kernel's loop does every 0.2 s in a notebook.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+
+import pytest
+import sympy as sp
+
+from lipschitz_lab import bounds
+from lipschitz_lab.records import epoch_record, step_record
+from lipschitz_lab.runs import RunStore
+from lipschitz_lab.ui import derivation_panel, runs_panel, training_panel
+from lipschitz_lab.ui._bridge import Bridge
+from lipschitz_lab.ui.figures import RunFigures
+
+# A short run that behaves on digits (the paper's per-epoch rate blows the MLP up there).
+QUICK_RUN = dict(dataset="digits", model="mlp", recompute="step", batch_size=64, epochs=2,
+                 max_steps=30, checkpoint=False)
+
+
+def same(a, b) -> bool:
+    """Equal floats, with None on one side and NaN on the other counting as equal."""
+    a = math.nan if a is None else float(a)
+    b = math.nan if b is None else float(b)
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def columns(source) -> dict[str, list]:
+    """A source's columns as lists (streamed columns are numpy arrays)."""
+    return {k: (v.tolist() if hasattr(v, "tolist") else list(v)) for k, v in source.data.items()}
+
+
+@pytest.fixture
+def store(tmp_path):
+    with RunStore(tmp_path / "runs.db") as s:
+        yield s
+
+
+# -- the training panel --------------------------------------------------------------------
+
+def test_start_streams_every_record_of_the_run_into_the_sources(store):
+    panel = training_panel(store, **QUICK_RUN)
+    panel.controls["bound"].value = "corrected"
+    panel.controls["optimizer"].value = "momentum"
+    panel.controls["batch_size"].value = 32
+    panel.start_button.click()
+    assert panel.running and panel.start_button.disabled and not panel.stop_button.disabled
+    assert panel.wait(180), "the training thread did not end"
+    assert panel.flush() > 0
+
+    assert panel.status_text.startswith("finished"), panel.status_text
+    run = store.get_run(panel.run_id)
+    assert run["status"] == "finished"
+    assert run["config"]["bound"] == "corrected" and run["config"]["optimizer"] == "momentum"
+    assert run["config"]["batch_size"] == 32
+
+    steps = store.records(panel.run_id, "step")
+    epochs = store.records(panel.run_id, "epoch")
+    src = columns(panel.figures.steps)
+    assert len(steps) == 30 == len(src["step"])
+    assert src["step"] == [r["step"] for r in steps]
+    assert src["lr"] == [r["lr"] for r in steps]
+    for col in ("K_z", "L", "L_paper", "L_corrected", "grad_last"):
+        assert all(same(a, r[col]) for a, r in zip(src[col], steps)), col
+    assert all(same(g, r["grad_last"] / r["L"]) for g, r in zip(src["gap"], steps))
+    assert panel.figures.epochs.data["val_acc"] == [r["val_acc"] for r in epochs]
+    # per-layer maxima: one column per layer, the last one is the bound's layer
+    layers = columns(panel.figures.layers)
+    names = panel.figures.layer_names
+    assert names == list(steps[0]["grad_layers"])
+    assert layers["step"] == src["step"]
+    assert layers[f"g{len(names) - 1}"] == [r["grad_layers"][names[-1]] for r in steps]
+    assert layers[f"g{len(names) - 1}"] == [r["grad_last"] for r in steps]
+    assert "step <b>30</b>" in panel.counter.value
+    assert not panel.running and not panel.start_button.disabled and panel.stop_button.disabled
+
+
+def test_stop_ends_the_run_within_a_batch_and_keeps_its_records(store):
+    panel = training_panel(store, **{**QUICK_RUN, "epochs": 500, "max_steps": None})
+    panel.start_button.click()
+    deadline = time.monotonic() + 120
+    while len(panel.figures.steps.data["step"]) < 5:
+        assert time.monotonic() < deadline, "no steps arrived"
+        time.sleep(0.05)
+        panel.flush()
+    panel.stop_button.click()
+    assert "stopping" in panel.status_text
+    assert panel.wait(60), "the run did not stop"
+    panel.flush()
+
+    assert panel.status_text.startswith("stopped"), panel.status_text
+    run = store.get_run(panel.run_id)
+    assert run["status"] == "stopped"
+    steps = store.records(panel.run_id, "step")
+    assert 5 <= len(steps) < 500 * 21
+    assert columns(panel.figures.steps)["step"] == [r["step"] for r in steps]
+
+
+def test_a_loss_that_does_not_fit_the_data_set_shows_the_message_and_creates_no_run(store):
+    panel = training_panel(store, **QUICK_RUN)
+    panel.controls["loss"].value = "bce"
+    panel.start_button.click()
+    assert panel.wait(120)
+    panel.flush()
+    text = panel.status_text
+    assert text.startswith("error"), text
+    assert "loss='bce' needs a binary data set" in text and "10 classes" in text
+    assert "Traceback" not in text
+    assert store.list_runs() == []
+    assert columns(panel.figures.steps)["step"] == []
+    assert not panel.start_button.disabled            # ready for a corrected choice
+
+
+def test_a_baseline_run_has_no_bound_fields_and_still_draws(store):
+    panel = training_panel(store, **{**QUICK_RUN, "lr_policy": "constant", "lr": 0.05, "max_steps": 10})
+    panel.start_button.click()
+    assert panel.wait(120)
+    panel.flush()
+    assert panel.status_text.startswith("finished"), panel.status_text
+    src = columns(panel.figures.steps)
+    assert len(src["step"]) == 10 and all(v == 0.05 for v in src["lr"])
+    assert all(math.isnan(v) for v in src["K_z"] + src["L"] + src["gap"])
+    assert panel.figures.layer_names == []
+
+
+# -- the bridge -----------------------------------------------------------------------------
+
+def test_the_bridge_applies_records_in_order_in_few_batches_on_the_loop_thread():
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    applied, threads = [], set()
+
+    def apply(batch):
+        threads.add(threading.get_ident())
+        applied.extend(batch)
+
+    bridge = Bridge(apply, loop, interval=0.1)
+    producer = threading.Thread(target=lambda: [bridge.put({"i": i}) or time.sleep(0.0005) for i in range(400)])
+    producer.start()
+    producer.join()
+    deadline = time.monotonic() + 10
+    while len(applied) < 400 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    loop.call_soon_threadsafe(loop.stop)
+    runner.join(5)
+    loop.close()
+    assert [r["i"] for r in applied] == list(range(400))
+    assert threads == {runner.ident}
+    # 400 records over >= 0.2 s of producing, batched every 0.1 s: a handful of batches, not 400
+    assert 1 <= bridge.batches <= 40
+
+
+def test_the_bridge_without_a_loop_waits_for_flush():
+    applied = []
+    bridge = Bridge(applied.extend, None)
+    for i in range(5):
+        bridge.put({"i": i})
+    assert applied == [] and bridge.pending()
+    assert bridge.flush() == 5 and [r["i"] for r in applied] == list(range(5))
+    assert bridge.flush() == 0 and bridge.batches == 1
+
+
+def _steps(n: int) -> list[dict]:
+    return [step_record(step=s, epoch=0, lr=1.0 / (s + 1), K_z=1.0, L=s + 1.0, bound="paper", grad_last=0.5,
+                        grad_layers={"a": 0.1, "fc": 0.5}, clamped=None) for s in range(n)]
+
+
+def _stream(figs: RunFigures, records: list[dict]) -> list:
+    """Feed records in uneven batches, as the loop sees them; returns the document's events."""
+    from bokeh.document import Document
+    doc = Document()
+    doc.add_root(figs.layout)
+    events = []
+    doc.on_change(events.append)
+    for i in range(0, len(records), 37):
+        figs.add_steps(records[i:i + 37])
+    return events
+
+
+def _no_rewrite(events) -> None:
+    # Rows drawn are never replaced while streaming: BokehJS may apply a replacement
+    # after a stream sent later (the live plot then zig-zags back in steps).
+    from bokeh.document.events import ColumnDataChangedEvent, ColumnsStreamedEvent
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.count("ColumnDataChangedEvent") <= 1, kinds[:20]          # the layers' first rows only
+    first_stream = next(i for i, e in enumerate(events) if isinstance(e, ColumnsStreamedEvent))
+    assert not any(isinstance(e, ColumnDataChangedEvent) for e in events[first_stream + 1:])
+
+
+def test_a_planned_run_is_thinned_evenly_without_rewriting_rows():
+    figs = RunFigures(max_points=100)
+    figs.plan(1000)
+    events = _stream(figs, _steps(1000))
+    steps = columns(figs.steps)["step"]
+    assert steps == list(range(0, 1000, 10))
+    assert columns(figs.steps)["lr"] == [1.0 / (s + 1) for s in steps]
+    assert columns(figs.layers)["step"] == steps and columns(figs.layers)["g1"] == [0.5] * 100
+    _no_rewrite(events)
+
+
+def test_an_unplanned_long_run_stays_bounded_and_in_order():
+    figs = RunFigures(max_points=100)
+    events = _stream(figs, _steps(5000))
+    steps = columns(figs.steps)["step"]
+    assert steps == sorted(set(steps)) and steps[0] == 0
+    assert len(steps) <= 100 * 6                 # max_points per doubling, log2(5000/100) < 6 doublings
+    assert steps[:100] == list(range(100))       # dense at first, sparser later
+    assert all(s % figs.stride == 0 for s in steps[-50:])
+    _no_rewrite(events)
+
+
+# -- the derivation panel -------------------------------------------------------------------
+
+def _oracle(name: str, at: dict) -> float:
+    """|dE/dz| by sympy.diff of the loss itself, independent of the generated code."""
+    from lipschitz_lab.symbolic import LOSS_SPECS
+    from lipschitz_lab.symbolic.symbols import PARAMS
+    spec = LOSS_SPECS[name]
+    expr = sp.diff(spec.loss, spec.wrt)
+    syms = {str(s): s for s in expr.free_symbols}
+    return abs(float(expr.subs({syms[k]: v for k, v in at.items() if k in syms}
+                               | {PARAMS[k]: v for k, v in at.items() if k in PARAMS and k not in syms})))
+
+
+@pytest.mark.parametrize("name", ["mse", "bce", "softmax_ce", "label_smoothed_ce"])
+def test_the_derivation_plot_is_the_derivative_and_its_levels(name):
+    from lipschitz_lab.symbolic import derive
+    panel = derivation_panel("mse" if name != "mse" else "bce")
+    panel.loss.value = name
+    d = derive(name)
+    s = panel.setup
+    assert s["name"] == name
+    assert r"\begin{aligned}" in panel.latex.value and sp.latex(d.sup.value) in panel.claim.value
+    curves = panel.curves.data
+    assert len(curves["xs"]) == len(s["curves"]) >= 1
+    for label, xs, ys in zip(curves["label"], curves["xs"], curves["ys"]):
+        fixed = dict(part.split(" = ") for part in label.replace(" (witness)", "").split(", "))
+        at = {**s["params"], **{k: float(v) for k, v in fixed.items()}}
+        for i in (0, len(xs) // 3, len(xs) - 1):
+            assert ys[i] == pytest.approx(_oracle(name, {**at, "z": xs[i]}), rel=1e-9, abs=1e-12)
+    (derived,) = panel.derived_level.data["y"]
+    assert derived == pytest.approx(bounds.supremum(name, **s["params"]))
+    # the curves approach the derived supremum and never pass it
+    assert max(max(ys) for ys in curves["ys"]) <= derived * (1 + 1e-12)
+    if d.paper_sup is None:
+        assert panel.paper_level.data["y"] == [] and panel.witness.data["z"] == []
+        assert "no claim" in panel.claim.value
+        return
+    (paper,) = panel.paper_level.data["y"]
+    # the plot's parameters are the witness's, so both say the same paper value
+    assert paper == pytest.approx(d.witness["paper_value"]) == {"mse": 1.0, "bce": 0.5, "softmax_ce": 0.9}[name]
+    assert paper < derived                     # every paper claim fails (issue 1's verdicts)
+    assert "fails" in panel.claim.value
+    # the witness marker: |dE/dz| at the witness point, above the paper's level, on a drawn curve
+    (zw,), (yw,) = panel.witness.data["z"], panel.witness.data["y"]
+    point = {k: float(v) for k, v in d.witness["point"].items()}
+    assert yw == pytest.approx(_oracle(name, {**s["params"], **point}), rel=1e-9)
+    assert yw > paper
+    coords = {k: v for k, v in point.items() if k != "z"}
+    (curve,) = [i for i, label in enumerate(curves["label"])
+                if {k: float(v) for k, v in (p.split(" = ") for p in label.replace(" (witness)", "").split(", "))}
+                == coords]
+    xs, ys = curves["xs"][curve], curves["ys"][curve]
+    assert xs[0] <= zw <= xs[-1]
+    j = min(range(len(xs)), key=lambda i: abs(xs[i] - zw))
+    # the nearest grid point is within dz/2, and |dE/dz| changes at most at rate 1/m = 1 in z
+    assert abs(ys[j] - yw) <= (xs[1] - xs[0]) / 2
+
+
+def test_the_softmax_plot_uses_r_0_and_both_labels():
+    panel = derivation_panel("softmax_ce")
+    labels = panel.curves.data["label"]
+    assert "r = 0, t = 0" in labels and "r = 0, t = 1" in labels
+    assert panel.setup["params"]["k"] == 10 and panel.setup["params"]["m"] == 1
+
+
+def test_the_mse_plot_spans_minus_K_a_to_K_a_at_y_minus_y_norm():
+    panel = derivation_panel("mse")
+    (xs,), (label,) = panel.curves.data["xs"], panel.curves.data["label"]
+    assert (xs[0], xs[-1]) == (-2.0, 2.0) and label == "y = -1"
+    assert panel.paper_level.data["y"] == [1.0]       # (K_a - y_norm)/m
+    assert panel.derived_level.data["y"] == [3.0]     # (K_a + y_norm)/m
+
+
+# -- the runs panel ---------------------------------------------------------------------------
+
+def _fake_run(store: RunStore, name: str, n_steps: int, acc: float) -> str:
+    run_id = store.create_run({"dataset": "digits", "model": "mlp", "lr_policy": "lipschitz",
+                               "bound": "paper", "optimizer": "sgd"}, name=name)
+    recs = [step_record(step=s, epoch=s // 5, lr=0.1 / (s + 1), K_z=2.0, L=10.0 * (s + 1), bound="paper",
+                        grad_last=0.1, grad_layers={"fc": 0.1}, clamped=None, loss=2.0 - 0.01 * s)
+            for s in range(n_steps)]
+    recs += [epoch_record(epoch=e, step=5 * e + 4, val_acc=acc * (e + 1) / 2) for e in range(n_steps // 5)]
+    store.append_records(run_id, recs)
+    store.set_status(run_id, "finished")
+    return run_id
+
+
+def test_choosing_runs_overlays_their_curves(store):
+    a = _fake_run(store, "a", 10, 0.8)
+    b = _fake_run(store, "b", 15, 0.6)
+    panel = runs_panel(store)
+    assert [v for _, v in panel.select.options] == [b, a]          # newest first
+    assert "2 runs" in panel.table.value
+    assert "0.8000" in panel.table.value and "0.9000" in panel.table.value   # final val_acc of a, b
+    panel.select.value = (a, b)
+    assert panel.lr.data["label"] == ["a", "b"]
+    assert [len(x) for x in panel.lr.data["xs"]] == [10, 15]
+    assert panel.lr.data["ys"][1] == [0.1 / (s + 1) for s in range(15)]
+    assert panel.loss.data["ys"][0] == [2.0 - 0.01 * s for s in range(10)]
+    assert panel.acc.data["xs"] == [[1, 2], [1, 2, 3]]
+    assert panel.acc.data["ys"][0] == [0.4, 0.8]
+    assert panel.acc_points.data["x"] == [1, 2, 1, 2, 3] and panel.acc_points.data["y"][:2] == [0.4, 0.8]
+    panel.select.value = (b,)
+    assert panel.lr.data["label"] == ["b"]
+    c = _fake_run(store, "c", 5, 0.5)
+    panel.refresh()
+    assert c in [v for _, v in panel.select.options] and panel.select.value == (b,)
