@@ -7,13 +7,14 @@ keyword-only parameters of the builder are its own options, and
 """
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from torch.utils.data import Dataset
+
+from lipschitz_lab._registry import check_options, registrar
 
 TASKS = ("multiclass", "binary", "regression")
 
@@ -84,18 +85,7 @@ Builder = Callable[..., DataSplits]
 DATASETS: dict[str, Builder] = {}
 
 
-def register_dataset(name: str, builder: Builder | None = None, *, replace: bool = False):
-    """Register ``builder`` under ``name``; without ``builder``, return a decorator."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got name={name!r}")
-
-    def add(fn: Builder) -> Builder:
-        if name in DATASETS and not replace:
-            raise ValueError(f"data set name={name!r} is already registered; pass replace=True")
-        DATASETS[name] = fn
-        return fn
-
-    return add if builder is None else add(builder)
+register_dataset = registrar(DATASETS, "data set")
 
 
 def check_int(field: str, value: Any, minimum: int) -> int:
@@ -139,11 +129,5 @@ def get_dataset(name: str, *, data_root: str | os.PathLike | None = None, seed: 
     request = DataRequest(name, data_root, seed, float(val_fraction), augment, train_subset, download)
 
     builder = DATASETS[name]
-    params = inspect.signature(builder).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    own = [p.name for p in params.values() if p.kind is p.KEYWORD_ONLY]
-    for key in options:
-        if not takes_any and key not in own:
-            choices = ", ".join(own) if own else "none"
-            raise ValueError(f"data set {name!r} has no option {key}={options[key]!r}; its options: {choices}")
+    check_options(builder, "data set", name, options)
     return builder(request, **options)

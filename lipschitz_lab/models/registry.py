@@ -6,10 +6,11 @@ the probe finds it by walking the modules.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 from torch import nn
+
+from lipschitz_lab._registry import check_options, registrar
 
 Builder = Callable[..., nn.Module]
 
@@ -17,18 +18,7 @@ Builder = Callable[..., nn.Module]
 MODELS: dict[str, Builder] = {}
 
 
-def register_model(name: str, builder: Builder | None = None, *, replace: bool = False):
-    """Register ``builder`` under ``name``; without ``builder``, return a decorator."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got name={name!r}")
-
-    def add(fn: Builder) -> Builder:
-        if name in MODELS and not replace:
-            raise ValueError(f"model name={name!r} is already registered; pass replace=True")
-        MODELS[name] = fn
-        return fn
-
-    return add if builder is None else add(builder)
+register_model = registrar(MODELS, "model")
 
 
 def get_model(name: str | nn.Module, *, input_shape: tuple[int, ...] | None = None,
@@ -51,13 +41,7 @@ def get_model(name: str | nn.Module, *, input_shape: tuple[int, ...] | None = No
         raise ValueError(f"num_outputs must be an integer >= 1, got num_outputs={num_outputs!r}")
 
     builder = MODELS[name]
-    params = inspect.signature(builder).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    own = [p.name for p in params.values() if p.kind is p.KEYWORD_ONLY]
-    for key in options:
-        if not takes_any and key not in own:
-            choices = ", ".join(own) if own else "none"
-            raise ValueError(f"model {name!r} has no option {key}={options[key]!r}; its options: {choices}")
+    check_options(builder, "model", name, options)
     return builder(tuple(input_shape), num_outputs, **options)
 
 
