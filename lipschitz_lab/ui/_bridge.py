@@ -129,3 +129,13 @@ def load_bokehjs(force: bool = False) -> bool:
     output_notebook(INLINE, hide_banner=True)
     _BOKEHJS_LOADED = True
     return True
+
+
+#: status-line colours shared by the panels
+STATUS_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#ff7f0e", "diverged": "#d62728",
+                 "failed": "#d62728", "error": "#d62728"}
+
+
+def status_html(state: str, text: str) -> str:
+    """The panels' status line: the state in its colour, then the text (already escaped)."""
+    return f"<span style='color:{STATUS_COLORS.get(state, 'black')}'><b>{state}</b></span>: {text}"

@@ -35,7 +35,7 @@ from jupyter_bokeh import BokehModel
 from lipschitz_lab.config import ConfigError, TrainConfig
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.studies.spec import StudySpec, catalogue, select
-from lipschitz_lab.ui._bridge import Bridge, load_bokehjs, running_loop
+from lipschitz_lab.ui._bridge import Bridge, load_bokehjs, running_loop, status_html
 from lipschitz_lab.ui.report import as_store
 from lipschitz_lab.ui.study_plots import StudyFigures
 
@@ -44,9 +44,6 @@ Record = dict[str, Any]
 #: the policies selected when the panel opens: the paper's rate against a few baselines
 DEFAULT_SELECTION = ("lipschitz-paper-epoch-sgd", "lipschitz-corrected-epoch-sgd", "constant-0.1",
                      "onecycle-0.1", "prodigy")
-
-_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#ff7f0e", "failed": "#d62728",
-           "error": "#d62728"}
 
 
 class StudyPanel(widgets.VBox):
@@ -274,8 +271,7 @@ class StudyPanel(widgets.VBox):
         self.launch_button.disabled, self.stop_button.disabled = False, True
 
     def _set_status(self, state: str, text: str) -> None:
-        color = _COLORS.get(state, "black")
-        self.status.value = f"<span style='color:{color}'><b>{state}</b></span>: {text}"
+        self.status.value = status_html(state, text)
 
     # -- for tests and scripts (never inside a notebook cell) ------------------------------
     def flush(self) -> int:

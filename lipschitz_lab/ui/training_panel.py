@@ -29,7 +29,7 @@ from jupyter_bokeh import BokehModel
 from lipschitz_lab.bounds import KZ_DEFINITIONS, VARIANTS
 from lipschitz_lab.config import OPTIMIZERS, ConfigError, TrainConfig
 from lipschitz_lab.runs import RunStore
-from lipschitz_lab.ui._bridge import Bridge, load_bokehjs, running_loop
+from lipschitz_lab.ui._bridge import Bridge, load_bokehjs, running_loop, status_html
 from lipschitz_lab.ui.figures import RunFigures, number
 from lipschitz_lab.ui.report import as_store
 
@@ -42,9 +42,6 @@ LABELS = {"dataset": "data set", "model": "model", "loss": "loss", "lr_policy": 
           "optimizer": "optimizer", "bound": "bound", "kz": "K_z definition", "recompute": "recompute",
           "batch_size": "batch size m", "epochs": "epochs", "weight_decay": "weight decay λ",
           "min_lr": "min lr", "max_lr": "max lr"}
-
-_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#ff7f0e", "diverged": "#d62728",
-           "failed": "#d62728", "error": "#d62728"}
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -216,8 +213,7 @@ class TrainingPanel(widgets.VBox):
         self.start_button.disabled, self.stop_button.disabled = False, True
 
     def _set_status(self, state: str, text: str) -> None:
-        color = _COLORS.get(state, "black")
-        self.status.value = f"<span style='color:{color}'><b>{state}</b></span>: {text}"
+        self.status.value = status_html(state, text)
 
     # -- for tests and scripts (never inside a notebook cell) ------------------------------
     def flush(self) -> int:
