@@ -21,7 +21,14 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-lab: $(STAMP)
+# JupyterLab's default settings for this venv (the user's own settings still win):
+# open a notebook and its kernel starts, no "Select Kernel" dialog, no news prompt.
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+$(LAB_OVERRIDES): jupyter/overrides.json | $(STAMP)
+	mkdir -p $(dir $@)
+	cp $< $@
+
+lab: $(STAMP) $(LAB_OVERRIDES)
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=notebooks --IdentityProvider.token=$${LAB_TOKEN:-$$(openssl rand -hex 16)} $${LAB_ARGS}
 
 derive: $(STAMP)

@@ -66,29 +66,30 @@ def time_apply(panel: TrainingPanel) -> list[float]:
 
 async def with_panel(panel: TrainingPanel, spent: list[float]) -> dict:
     spent.clear()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     panel.start()                          # on this (main) thread's running loop: the Bridge drains here
     await _until_done(panel._thread)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     await asyncio.sleep(0.3)               # the last batch, as the loop would apply it
     panel.flush()
     assert panel.run is not None and panel.run.status == "finished", panel.status_text
     drawn = panel.figures.steps.data["step"]
     # every step arrived: the last one drawn is within one stride of the end (long runs are thinned)
     assert len(drawn) and drawn[-1] >= panel.run.steps - panel.figures.stride, (drawn[-1:], panel.run.steps)
-    return {"wall": wall, "train": panel.run.wall_time, "steps": panel.run.steps, "batches": panel._bridge.batches,
+    return {"wall": wall, "cpu": cpu, "train": panel.run.wall_time, "steps": panel.run.steps,
+            "batches": panel._bridge.batches,
             "rows": len(drawn), "apply": sum(spent), "apply_max": max(spent)}
 
 
 async def without_panel(cfg: dict, store: Path) -> dict:
     out = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     worker = threading.Thread(target=lambda: out.setdefault("run", train(cfg, store=store, progress=False)),
                               name="train", daemon=True)
     worker.start()
     await _until_done(worker)
-    wall = time.perf_counter() - t0
-    return {"wall": wall, "train": out["run"].wall_time, "steps": out["run"].steps, "batches": 0}
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"wall": wall, "cpu": cpu, "train": out["run"].wall_time, "steps": out["run"].steps, "batches": 0}
 
 
 def main(argv=None) -> int:
@@ -115,19 +116,21 @@ def main(argv=None) -> int:
             for kind in order:
                 r = await (with_panel(panel, spent) if kind == "with" else without_panel(cfg, store))
                 results[kind].append(r)
-                print(f"repeat {i + 1}/{args.repeats} {kind:>7}: {r['wall']:.2f} s wall, {r['train']:.2f} s "
+                print(f"repeat {i + 1}/{args.repeats} {kind:>7}: {r['wall']:.2f} s wall, {r['cpu']:.2f} s CPU, "
+                      f"{r['train']:.2f} s "
                       f"training, {r['steps']} steps, {r['batches']} batches applied", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run_all(Path(tmp) / "bench.db"))   # the loop in the main thread, as in a kernel
 
-    med = {k: {f: statistics.median(r[f] for r in v) for f in ("wall", "train", "batches")}
+    med = {k: {f: statistics.median(r[f] for r in v) for f in ("wall", "cpu", "train", "batches")}
            for k, v in results.items()}
     apply_s = statistics.median(r["apply"] for r in results["with"])
     apply_max = statistics.median(r["apply_max"] for r in results["with"])
     apply_share = statistics.median(r["apply"] / r["train"] for r in results["with"])
     pairs = [w["wall"] / o["wall"] for w, o in zip(results["with"], results["without"])]
     overhead = med["with"]["wall"] / med["without"]["wall"] - 1
+    cpu_overhead = med["with"]["cpu"] / med["without"]["cpu"] - 1
     paired = statistics.median(pairs) - 1
     steps = results["with"][0]["steps"]
     lines = [
@@ -148,19 +151,23 @@ def main(argv=None) -> int:
         f"{steps} steps ({results['with'][0]['rows']} of them drawn: the panel thins long runs to ~4,000 "
         f"points), {args.repeats} repeats of each",
         "",
-        "| | wall s (median) | training loop s (median) | batches applied (median) |",
-        "|---|---|---|---|",
-        f"| without panel | {med['without']['wall']:.2f} | {med['without']['train']:.2f} | – |",
-        f"| with panel | {med['with']['wall']:.2f} | {med['with']['train']:.2f} | {med['with']['batches']:.0f} |",
+        "| | wall s (median) | process CPU s (median) | training loop s (median) | batches applied (median) |",
+        "|---|---|---|---|---|",
+        f"| without panel | {med['without']['wall']:.2f} | {med['without']['cpu']:.2f} | "
+        f"{med['without']['train']:.2f} | – |",
+        f"| with panel | {med['with']['wall']:.2f} | {med['with']['cpu']:.2f} | {med['with']['train']:.2f} | "
+        f"{med['with']['batches']:.0f} |",
         "",
         f"**Overhead: {overhead:+.1%}** of the median wall time (paired, median of per-repeat ratios: "
         f"{paired:+.1%}). Per-repeat walls, with: "
         + ", ".join(f"{r['wall']:.2f}" for r in results["with"]) + "; without: "
-        + ", ".join(f"{r['wall']:.2f}" for r in results["without"]) + ".",
+        + ", ".join(f"{r['wall']:.2f}" for r in results["without"]) + ". "
+        f"CPU time of the whole process (both threads): {cpu_overhead:+.1%}.",
         "",
         f"Time the loop spent in the apply function (wall clock around each call): median "
-        f"**{apply_s:.3f} s per run = {apply_share:.1%} of the training time** (the largest batch, the "
-        f"first, which builds the per-layer lines: {apply_max * 1000:.0f} ms). That is about what the panel "
+        f"**{apply_s:.3f} s per run = {apply_share:.1%} of the training time** (the largest batch: "
+        f"{apply_max * 1000:.0f} ms; a panel's first run of a model also builds the per-layer lines, ~0.1 s "
+        "once). That is about what the panel "
         "can take from the training thread (it holds the GIL meanwhile); the wall times above also carry "
         "the spread from other processes sharing the two cores.",
         "",

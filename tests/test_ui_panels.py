@@ -131,6 +131,36 @@ def test_a_baseline_run_has_no_bound_fields_and_still_draws(store):
     assert panel.figures.layer_names == []
 
 
+
+def test_a_second_run_reuses_the_layer_lines_of_the_same_model_and_redraws_for_another(store):
+    panel = training_panel(store, **{**QUICK_RUN, "max_steps": 8})
+
+    def run_once():
+        panel.start_button.click()
+        assert panel.wait(120)
+        panel.flush()
+        assert panel.status_text.startswith("finished"), panel.status_text
+        return store.records(panel.run_id, "step")
+
+    run_once()
+    lines = list(panel.figures.figures["layers"].renderers)
+    assert len(lines) == len(panel.figures.layer_names) > 1
+    steps = run_once()                                      # same model: the same line objects
+    assert panel.figures.figures["layers"].renderers == lines
+    layers = columns(panel.figures.layers)
+    assert layers["step"] == [r["step"] for r in steps]     # only this run's rows
+    last = f"g{len(lines) - 1}"
+    assert layers[last] == [r["grad_last"] for r in steps]
+    panel.defaults["model_options"] = {"hidden": [32]}      # another model: other lines
+    steps = run_once()
+    names = list(steps[0]["grad_layers"])
+    assert panel.figures.layer_names == names
+    assert len(panel.figures.figures["layers"].renderers) == len(names)
+    assert not set(panel.figures.figures["layers"].renderers) & set(lines)
+    panel.controls["lr_policy"].value = "constant"          # no per-layer maxima: no lines
+    run_once()
+    assert panel.figures.layer_names == [] and panel.figures.figures["layers"].renderers == []
+
 # -- the bridge -----------------------------------------------------------------------------
 
 def test_the_bridge_applies_records_in_order_in_few_batches_on_the_loop_thread():

@@ -13,6 +13,7 @@ thin the steps still to come so that a long run stays at a few thousand rows.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Iterable
 
@@ -150,6 +151,7 @@ class RunFigures:
         self.stride = 1          # keep the step records whose step is a multiple of this
         self._rows_at_stride = 0
         self.layer_names: list[str] = []
+        self._layers_checked = False    # this run's layer names were compared with the lines drawn
         self.steps = ColumnDataSource(step_columns([]))
         self.epochs = ColumnDataSource(epoch_columns([]))
         self.layers = ColumnDataSource({"step": []})
@@ -221,7 +223,9 @@ class RunFigures:
 
         The lines get a new source that already holds ``records``' rows, and the
         figure gets its renderers and legend items in one assignment each: BokehJS
-        then never sees a line whose column is not there yet.
+        then never sees a line whose column is not there yet.  New models make
+        the document walk its whole model graph again (the costliest thing the
+        live panel does, ~0.1 s): both assignments share one walk.
         """
         names = list(names)
         self.layer_names = names
@@ -236,16 +240,21 @@ class RunFigures:
             renderers.append(r)
             items.append(LegendItem(label=f"{label} (last layer)" if i == last else label, renderers=[r]))
         p = self.figures["layers"]
-        p.renderers = renderers
-        self._layers_legend.items = items
+        doc = p.document
+        with doc.models.freeze() if doc is not None else contextlib.nullcontext():
+            p.renderers = renderers
+            self._layers_legend.items = items
 
     # -- data -----------------------------------------------------------------------
     def reset(self) -> None:
         """Empty the sources (before a run starts: nothing may be streaming then)."""
         self.stride, self._rows_at_stride = 1, 0
+        self._layers_checked = False
         self.steps.data = step_columns([])
         self.epochs.data = epoch_columns([])
-        self.set_layers([])
+        # the layer lines stay: the next run of the same model streams into them
+        # (add_steps redraws them when the layers differ)
+        self.layers.data = layer_columns([], self.layer_names)
 
     def plan(self, total_steps: int | None) -> None:
         """Keep about ``max_points`` rows over ``total_steps`` steps: rows only at steps that
@@ -275,7 +284,13 @@ class RunFigures:
         """
         if not records:
             return 0
-        new_layers = not self.layer_names and bool(layer_names(records))
+        # the run's first step records say which layer lines it needs; the lines of
+        # the run before are kept when they are the same (no new Bokeh models)
+        new_layers = False
+        if not self._layers_checked and any(r.get("kind", "step") == "step" for r in records):
+            self._layers_checked = True
+            names = layer_names(records)
+            new_layers = names != self.layer_names
         kept = []
         for r in records:
             if int(r.get("step", 0)) % self.stride == 0:
@@ -283,13 +298,12 @@ class RunFigures:
                 self._rows_at_stride += 1
                 if self._rows_at_stride >= self.max_points:
                     self.stride, self._rows_at_stride = self.stride * 2, 0
-        if not kept:
-            return 0
         if new_layers:   # the lines arrive with their first rows, before any stream
-            self.set_layers(layer_names(records), kept)
-        elif self.layer_names:
+            self.set_layers(names, kept)
+        elif kept and self.layer_names:
             self.layers.stream(_arrays(layer_columns(kept, self.layer_names)))
-        self.steps.stream(_arrays(step_columns(kept)))
+        if kept:
+            self.steps.stream(_arrays(step_columns(kept)))
         return len(kept)
 
     def add_epochs(self, records: list[Record]) -> None:
