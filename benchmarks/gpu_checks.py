@@ -265,7 +265,21 @@ def main(argv=None) -> int:
                         torch.cuda.synchronize()
                     times[mode].append((time.perf_counter() - t) / n_time)
             med = {m: sorted(v)[len(v) // 2] for m, v in times.items()}
+            syncs = {}
+            if torch.cuda.is_available():
+                # device syncs per step, as CUDA's sync debug mode counts them (.item(), .tolist(), ...)
+                import warnings
+                for mode in setups:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        torch.cuda.set_sync_debug_mode("warn")
+                        try:
+                            steps(mode, 4)
+                        finally:
+                            torch.cuda.set_sync_debug_mode("default")
+                    syncs[mode] = sum("synchroniz" in str(w.message) for w in caught) / 4
             out[mname] = {"batch": bs, **{f"{m}_ms": round(v * 1000, 3) for m, v in med.items()},
+                          "syncs_per_step": syncs,
                           "lipschitz_vs_fixed_item": round(med["lipschitz"] / med["fixed_item"] - 1, 4),
                           "lipschitz_vs_fixed": round(med["lipschitz"] / med["fixed"] - 1, 4)}
             for _, _, sched in setups.values():

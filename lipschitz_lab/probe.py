@@ -59,6 +59,18 @@ def find_last_linear(model: nn.Module, layer: str | None = None) -> tuple[str, n
     return linears[-1]
 
 
+def _float64_vector(values: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """0-dim tensors -> one float64 vector on ``device``.
+
+    On one device: a single stack (it promotes to the widest dtype, exactly) and
+    one cast, two kernels however many layers there are (on a GPU each launch
+    costs microseconds, and a ResNet has dozens of parameter tensors).
+    """
+    if all(v.device == device for v in values):
+        return torch.stack(values).to(torch.float64)
+    return torch.stack([v.to(device=device, dtype=torch.float64) for v in values])
+
+
 def _first_tensor(args: Iterable[Any]) -> torch.Tensor | None:
     return next((a for a in args if isinstance(a, torch.Tensor)), None)
 
@@ -203,8 +215,8 @@ class Probe:
         maxes = [self._max_abs, w if w is not None else zero, *g]
         m = self._m
         self._clear_step()
-        S = torch.stack([s.to(device=ref.device, dtype=torch.float64) for s in sums])
-        M = torch.stack([v.to(device=ref.device, dtype=torch.float64) for v in maxes])
+        S = _float64_vector(sums, ref.device)
+        M = _float64_vector(maxes, ref.device)
         if self.sync_distributed and distributed.is_distributed():
             S = torch.cat([S, torch.tensor([float(m)], dtype=torch.float64, device=S.device)])
             distributed.all_reduce_sum_max(S, M)
