@@ -1,7 +1,10 @@
 """What-if studies: every policy trains, re-runs skip, divergence and failures are recorded,
 the table equals the store's records, the CLI and the study panel work."""
 import math
+import re
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -163,6 +166,61 @@ def test_rerun_resumes_stopped_and_restarts_without_checkpoint(tmp_path, monkeyp
         assert [e["epoch"] for e in store.records(o.run_id, "epoch")] == [0, 1]
 
 
+
+def stop_soon(stop: threading.Event, after: float):
+    """An on_start callback: set ``stop`` ``after`` seconds once the first run has started."""
+    started = []
+
+    def on_start(plan):
+        started.append(plan.policy)
+        if len(started) == 1:
+            threading.Timer(after, stop.set).start()
+    on_start.started = started
+    return on_start
+
+
+def test_stop_ends_the_run_in_flight_starts_no_more_and_a_rerun_resumes(tmp_path):
+    spec = tiny("stop", select(["constant-0.1", "constant-0.3", "constant-0.03"]), epochs=40, max_steps=None)
+    store = RunStore(tmp_path / "s.db")
+    stop = threading.Event()
+    on_start = stop_soon(stop, 0.5)
+    result = run_study(spec, store, stop_event=stop, on_start=on_start)
+    assert len(on_start.started) == 1                           # nothing started after the stop
+    by = {o.policy: o for o in result.outcomes}
+    first = by.pop(on_start.started[0])
+    assert first.action == "new" and first.status == "stopped" and "stopped by the user" in first.reason
+    steps = store.records(first.run_id, "step")
+    epochs = store.records(first.run_id, "epoch")
+    assert 0 < len(steps) < 40 * 21 and len(epochs) < 40        # it really stopped mid-run, records kept
+    assert store.get_run(first.run_id)["status"] == "stopped"
+    for o in by.values():
+        assert o.action == "not started" and o.status is None and store.find_run(o.key) is None
+
+    again = run_study(spec, store)                              # Launch again: resume, then the rest
+    by2 = {o.policy: o for o in again.outcomes}
+    assert by2[first.policy].action == "resumed" and by2[first.policy].run_id == first.run_id
+    assert {o.action for p, o in by2.items() if p != first.policy} == {"new"}
+    assert all(o.status == "finished" for o in again.outcomes)
+    assert [e["epoch"] for e in store.records(first.run_id, "epoch")] == list(range(40))
+
+
+def test_stop_reaches_the_worker_processes(tmp_path):
+    spec = tiny("stop-pool", select(["constant-0.1", "constant-0.3", "constant-0.03"]), epochs=5000,
+                max_steps=None)
+    store = RunStore(tmp_path / "s.db")
+    stop = threading.Event()
+    t0 = time.monotonic()
+    result = run_study(spec, store, workers=2, stop_event=stop, on_start=stop_soon(stop, 1.0))
+    assert time.monotonic() - t0 < 240                           # 5,000 epochs would take many minutes
+    statuses = sorted(o.status or o.action for o in result.outcomes)
+    assert "finished" not in statuses and "stopped" in statuses, statuses
+    for o in result.outcomes:
+        if o.status == "stopped":                                # each stopped run is in the store as such
+            assert store.get_run(o.run_id)["status"] == "stopped"
+            assert len(store.records(o.run_id, "step")) > 0
+        else:
+            assert o.action == "not started"
+
 def test_diverging_policy_is_recorded_and_the_study_goes_on(tmp_path):
     boom = PolicyEntry("constant-1e6", {"lr_policy": "constant", "lr": 1e6})
     spec = tiny("diverge", [boom, *select("constant-0.1")], max_steps=10)
@@ -318,6 +376,27 @@ def test_study_panel_reports_a_bad_seed_without_a_thread(tmp_path):
     panel.launch()
     assert not panel.running and "seeds" in panel.error and panel._threads == []
 
+
+
+def test_study_panel_stop_says_stopped_and_keeps_the_runs(tmp_path):
+    from lipschitz_lab.ui.study_panel import StudyPanel
+    panel = StudyPanel(tmp_path / "s.db", name="panel-stop", **BASE, epochs=400, poll=0.1)
+    panel.select(["constant-0.1", "constant-0.3"])
+    panel.launch()
+    deadline = time.monotonic() + 120
+    while not any(panel._steps.values()):                        # the first run's steps reach the panel
+        assert time.monotonic() < deadline, "no steps arrived"
+        time.sleep(0.1)
+        panel.flush()
+    panel.stop_button.click()
+    assert "stopping" in panel.status.value and panel.stop_button.disabled
+    assert panel.wait(timeout=120)
+    panel.flush()
+    assert not panel.running and not panel.launch_button.disabled
+    text = re.sub(r"<[^>]+>", "", panel.status.value)
+    assert text.startswith("stopped") and "1 runs stopped, 1 not started" in text, text
+    (run,) = RunStore(tmp_path / "s.db").list_runs(study="panel-stop")
+    assert run["status"] == "stopped"
 
 @pytest.mark.slow
 def test_notebook_03_runs_quick(tmp_path):

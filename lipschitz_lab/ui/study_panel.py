@@ -208,6 +208,9 @@ class StudyPanel(widgets.VBox):
         self._bridge.put({"kind": "panel", "event": "done",
                           "trained": len(result.trained) if result else 0,
                           "skipped": result.count(action="skipped") if result else 0,
+                          "stopped": result.count(status="stopped") if result else 0,
+                          "not_started": result.count(action="not started") if result else 0,
+                          "stop_requested": self._stop_event is not None and self._stop_event.is_set(),
                           "wall_time": result.wall_time if result else 0.0})
 
     # -- the loop side: the one function that touches Bokeh and the widgets ----------------
@@ -262,8 +265,13 @@ class StudyPanel(widgets.VBox):
             self.table = table
             self.figures.set_table(table)
             text = html.escape(verdict(table)) if len(table) else "no runs"
-            self._set_status("finished", f"{r['trained']} trained, {r['skipped']} already in the store, "
-                                         f"{r['wall_time']:.1f} s · {text}")
+            if r.get("stop_requested"):
+                self._set_status("stopped", f"{r.get('stopped', 0)} runs stopped, {r.get('not_started', 0)} not "
+                                            f"started, {r['trained']} trained, {r['wall_time']:.1f} s · Launch "
+                                            f"again to resume (finished runs are skipped)")
+            else:
+                self._set_status("finished", f"{r['trained']} trained, {r['skipped']} already in the store, "
+                                             f"{r['wall_time']:.1f} s · {text}")
         else:
             self.error = r["message"]
             self._set_status("failed", html.escape(r["message"]))
