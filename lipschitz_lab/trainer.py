@@ -56,12 +56,14 @@ def select_device(preference: str = "auto") -> torch.device:
     """CUDA, then MPS, then the CPU (or exactly what was asked for)."""
     if preference == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", torch.cuda.current_device())   # the index DDP's device_ids needs
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     if preference == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda': no CUDA device is available")
+    if preference == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(preference)
 
 
@@ -190,7 +192,9 @@ def train(config: TrainConfig | dict, *, store: RunStore | str | os.PathLike | N
     ckpt_path = ckpt_dir / f"{run_id}.pt"
     if resume:
         if ckpt_path.exists():
-            state = load_checkpoint(ckpt_path, map_location=device)
+            # on the CPU: load_state_dict copies each tensor to its parameter's device, and the
+            # RNG states must stay CPU tensors
+            state = load_checkpoint(ckpt_path, map_location="cpu")
             model.load_state_dict(state["model"])
             policy.optimizer.load_state_dict(state["optimizer"])
             if policy.scheduler is not None and state.get("scheduler") is not None:

@@ -130,9 +130,12 @@ def test_rng_state_is_independent_of_later_draws():
 def test_cuda_rng_state(tmp_path):
     torch.cuda.manual_seed_all(3)
     path = save_checkpoint(tmp_path / "rng.pt", {"rng": rng_state()})
-    first = torch.rand(4, device="cuda").tolist()
+    first = torch.rand(4, device="cuda").tolist(), float(np.random.rand())
     set_rng_state(load_checkpoint(path)["rng"])
-    assert torch.rand(4, device="cuda").tolist() == first
+    assert (torch.rand(4, device="cuda").tolist(), float(np.random.rand())) == first
+    # loaded straight onto the GPU (map_location="cuda"), every state still restores
+    set_rng_state(load_checkpoint(path, map_location="cuda")["rng"])
+    assert (torch.rand(4, device="cuda").tolist(), float(np.random.rand())) == first
 
 
 def test_set_rng_state_names_missing_fields():

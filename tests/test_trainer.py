@@ -145,7 +145,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node=2", "-m", "lipschitz_lab", "train",
          "--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--bound", "strict",
-         "--store", str(db), "--no-report"],
+         "--store", str(db), "--no-report", "--device", "cpu"],     # gloo, also on a machine with GPUs
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     store = RunStore(db)
@@ -154,3 +154,19 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert info["status"] == "finished" and len(steps) == 2 * 11   # 1294 / 2 ranks / 64 -> 11 steps
     assert all(r["m"] == 128 or r["m"] < 128 for r in steps)        # the union batch of both ranks
     assert steps[0]["m"] == 128
+
+
+def test_torchrun_with_more_processes_than_gpus_is_one_line_exit_2(cli, tmp_path, monkeypatch):
+    """NCCL needs a GPU per process: rank 1 of 2 on a one-GPU machine says so, before a run exists."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    code, out, err = cli("train", "--dataset", "digits", "--epochs", "1", "--store", tmp_path / "s.db",
+                         "--no-report", "--device", "cuda")
+    assert code == 2 and err.count("\n") == 1
+    assert "LOCAL_RANK=1" in err and "--nproc_per_node=1" in err and "--device cpu" in err
+    assert not (tmp_path / "s.db").exists() or RunStore(tmp_path / "s.db").list_runs() == []

@@ -77,15 +77,23 @@ def print_table(run, out=None) -> None:
               f"{f(e['test_acc'], '.4f'):>8} {f(e['time'], '.1f'):>7}", file=out)
 
 
-def _init_distributed() -> bool:
-    """Under torchrun: gloo on the CPU, NCCL on GPUs."""
+def _init_distributed(config: TrainConfig) -> bool:
+    """Under torchrun: NCCL when the run trains on CUDA (one GPU per process), else gloo."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return False
     import torch
     import torch.distributed as dist
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    from lipschitz_lab.trainer import select_device
+    if select_device(config.device).type == "cuda":
+        local, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if local >= count:
+            raise ConfigError(f"LOCAL_RANK={local}: this machine has {count} CUDA device(s) and NCCL needs one "
+                              f"per process; start at most {count} per node (torchrun --nproc_per_node={count}) "
+                              f"or train on the CPU (--device cpu, gloo)")
+        torch.cuda.set_device(local)
+        backend = "nccl"
+    else:
+        backend = "gloo"
     dist.init_process_group(backend)
     return True
 
@@ -95,7 +103,7 @@ def run(args) -> int:
     config = build_config(args)
     if args.name:
         config.name = args.name
-    distributed = _init_distributed()
+    distributed = _init_distributed(config)
     try:
         import torch.distributed as dist
         rank = dist.get_rank() if distributed else 0

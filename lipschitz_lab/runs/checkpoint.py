@@ -85,6 +85,8 @@ def set_rng_state(state: dict) -> None:
     version, mt, gauss_next = state["python"]
     random.setstate((version, tuple(mt), gauss_next))
     name, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    if isinstance(keys, torch.Tensor):        # a checkpoint loaded with map_location="cuda" moved it there
+        keys = keys.cpu()
     np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss,
                          cached_gaussian))
     torch.set_rng_state(state["torch"].cpu())
