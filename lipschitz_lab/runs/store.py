@@ -301,9 +301,9 @@ class RunStore:
         return records_frame(self.records(run_id, kind=kind))
 
     def export_csv(self, run_id: str, path: str | os.PathLike, kind: str | None = "step") -> Path:
-        """The run's records as CSV (floats written to round-trip).  Read them back exactly with
-        ``pd.read_csv(path, float_precision="round_trip")``: pandas' default parser may miss the
-        last digit."""
+        """The run's records as CSV (floats written to round-trip).  pandas 3 reads them back
+        exactly; with pandas 2 pass ``float_precision="round_trip"`` to ``pd.read_csv`` (its
+        default parser may miss the last digit)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.to_pandas(run_id, kind=kind).to_csv(path, index=False)
