@@ -29,7 +29,9 @@ $(LAB_OVERRIDES): jupyter/overrides.json | $(STAMP)
 	cp $< $@
 
 lab: $(STAMP) $(LAB_OVERRIDES)
-	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=notebooks --IdentityProvider.token=$${LAB_TOKEN:-$$(openssl rand -hex 16)} $${LAB_ARGS}
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=notebooks \
+		--IdentityProvider.token=$${LAB_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(16))')} \
+		$$([ "$$(id -u)" = 0 ] && echo --allow-root) $${LAB_ARGS}
 
 derive: $(STAMP)
 	$(BIN)/lipschitz-lab derive --write derivations/
