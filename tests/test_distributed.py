@@ -68,6 +68,7 @@ def _worker(rank, init_method, out_path):
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
     try:
         torch.save({loss: train(loss, shard=(rank, WORLD)) for loss in CASES}, f"{out_path}.{rank}")
+        dist.barrier()       # no rank tears gloo down while the other still uses it (that aborts it)
     finally:
         dist.destroy_process_group()
 

@@ -108,6 +108,8 @@ def run(args) -> int:
         import torch.distributed as dist
         rank = dist.get_rank() if distributed else 0
         result = train(config, store=args.store, resume=args.resume)
+        if distributed:
+            dist.barrier()   # every rank is done before any tears the group down
     finally:
         if distributed:
             dist.destroy_process_group()
