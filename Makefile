@@ -36,8 +36,12 @@ lab: $(STAMP) $(LAB_OVERRIDES)
 derive: $(STAMP)
 	$(BIN)/lipschitz-lab derive --write derivations/
 
+# the quick benchmarks (a few minutes); the long ones (bench_mnist_cnn, bench_whatif_mnist,
+# gpu_checks) say in benchmarks/RESULTS.md how to run them
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_symbolic.py
+	$(BIN)/python benchmarks/bench_scheduler_overhead.py --no-write
+	$(BIN)/python benchmarks/bench_panel_overhead.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

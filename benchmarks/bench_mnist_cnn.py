@@ -6,8 +6,6 @@ Prints per-epoch seconds, lr and accuracies; appends a section to benchmarks/RES
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -15,19 +13,11 @@ from pathlib import Path
 
 import torch
 
+from _machine import cpu_model
 from lipschitz_lab.config import TrainConfig
 from lipschitz_lab.trainer import train
 
 HERE = Path(__file__).resolve().parent
-
-
-def machine() -> str:
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in
-                     subprocess.check_output(["lscpu"], text=True).splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration, subprocess.CalledProcessError):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU"
 
 
 def main() -> None:
@@ -59,7 +49,7 @@ def main() -> None:
     cmd = "cd <repo> && .venv/bin/python benchmarks/bench_mnist_cnn.py" + \
         (f" --epochs {args.epochs}" if args.epochs != 3 else "") + (f" --bound {args.bound}" if args.bound != "paper" else "")
     section = (f"\n## Full MNIST, Table-1 CNN, LipschitzLR ({args.bound} bound, per epoch), {args.epochs} epochs, CPU\n\n"
-               f"- command: `{cmd}`\n- machine: {machine()}\n"
+               f"- command: `{cmd}`\n- machine: {cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU\n"
                f"- data: full MNIST from `../shared/data` (54,000 train / 6,000 validation / 10,000 test), "
                f"paper augmentation, batch 256\n- status: {run.status}{' (' + run.reason + ')' if run.reason else ''}; "
                f"total wall time {wall:.0f} s (includes evaluation)\n\n{table}\n")

@@ -23,7 +23,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,17 +31,9 @@ from pathlib import Path
 
 import torch
 
+from _machine import cpu_model
 from lipschitz_lab.trainer import train
 from lipschitz_lab.ui.training_panel import TrainingPanel
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                platform.machine())
 
 
 async def _until_done(thread: threading.Thread) -> None:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from _machine import cpu_model
 from lipschitz_lab import LipschitzLR
 from lipschitz_lab.bounds import lipschitz_bound
 
@@ -115,15 +116,6 @@ def write_section(path: Path, heading: str, body: str) -> None:
     path.write_text(text.rstrip("\n") + f"\n\n{heading}\n\n{body}")
 
 
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
-    except (OSError, subprocess.CalledProcessError):
-        name = platform.processor() or "?"
-    return f"{name}, {torch.get_num_threads()} torch threads ({len(__import__('os').sched_getaffinity(0))} cores)"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=30, help="steps per timed epoch")
@@ -181,7 +173,8 @@ def main(argv=None) -> int:
             f"{on[-1]['K_z']:.4g} (train) vs {ex[-1]['K_z']:.4g} (eval).")
     cmd = (f"cd <repo> && .venv/bin/python benchmarks/bench_scheduler_overhead.py --batches {n} "
            f"--batch-size {args.batch_size} --repeats {args.repeats} --max-lr {args.max_lr}")
-    head = (f"Machine: {machine()}; torch {torch.__version__}; Python {platform.python_version()}; "
+    head = (f"Machine: {cpu_model()}, {torch.get_num_threads()} torch threads "
+            f"({len(os.sched_getaffinity(0))} cores); torch {torch.__version__}; Python {platform.python_version()}; "
             f"{dt.date.today().isoformat()}; the run took {(time.perf_counter() - t_start) / 60:.1f} min.\n"
             f"Command: `{cmd}`.  One epoch = {n} batches of {args.batch_size} MNIST images, "
             f"{args.repeats} epochs, medians.")

@@ -14,12 +14,12 @@ policies are a cut (DEFAULT_POLICIES) meant to fit ~25 minutes (30 on the shared
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
+
+from _machine import cpu_model
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,14 +31,9 @@ DEFAULT_POLICIES = ["lipschitz-paper-epoch-sgd", "lipschitz-corrected-epoch-sgd"
                     "lipschitz-paper-epoch-sgd-x0.1", "constant-0.01", "constant-0.1", "prodigy"]
 
 
-def machine() -> str:
+def _machine_line() -> str:
     import torch
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in
-                     subprocess.check_output(["lscpu"], text=True).splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration, subprocess.CalledProcessError):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {torch.get_num_threads()} cores, torch {torch.__version__}, CPU"
+    return f"{cpu_model()}, {torch.get_num_threads()} cores, torch {torch.__version__}, CPU"
 
 
 def main() -> int:
@@ -109,7 +104,7 @@ def main() -> int:
         "", f"## What-if study: MNIST Table-1 CNN, 12,000-image subset, {args.epochs} epochs, "
             f"{len(spec.seeds)} seeds (issue 6)", "",
         f"- command: `{cmd}` (store `{args.store}`; plots in `{args.out}/plots.html`)",
-        f"- machine: {machine()}; {args.workers} worker processes; other processes shared the cores",
+        f"- machine: {_machine_line()}; {args.workers} worker processes; other processes shared the cores",
         "- data: MNIST, a fixed class-balanced 12,000-image training subset (the 6,000 validation "
         f"images are held out of the 60,000 first), the full 10,000-image test set; batch 256; augmentation "
         f"{'on (the paper)' if args.augment else 'off'}; plain SGD unless the policy brings its own optimizer",
