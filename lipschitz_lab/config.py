@@ -101,15 +101,20 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file of config fields (a ``[train]`` table or top-level keys)."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; an unreadable or invalid file is a :class:`ConfigError` naming it."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text())
     except OSError as exc:
         raise ConfigError(f"config={str(p)!r}: cannot read the file ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config={str(p)!r}: not valid TOML ({exc})") from None
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file of config fields (a ``[train]`` table or top-level keys)."""
+    data = read_toml(path)
     return data.get("train", data)
 
 

@@ -16,12 +16,11 @@ import dataclasses
 import fnmatch
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lipschitz_lab.config import ConfigError, TrainConfig
+from lipschitz_lab.config import ConfigError, TrainConfig, read_toml
 
 __all__ = ["PolicyEntry", "RunPlan", "StudySpec", "GROUPS", "catalogue", "select",
            "STUDY_PRESETS", "study_preset", "load_study"]
@@ -273,14 +272,7 @@ def load_study(path: str | Path) -> StudySpec:
 
     ``preset = "digits-quick"`` under ``[study]`` starts from a preset.
     """
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except OSError as exc:
-        raise ConfigError(f"config={str(p)!r}: cannot read the file ({exc.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config={str(p)!r}: not valid TOML ({exc})") from None
-    return StudySpec.from_dict(data)
+    return StudySpec.from_dict(read_toml(path))
 
 
 #: the studies the CLI knows by name
