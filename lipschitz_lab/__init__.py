@@ -5,7 +5,7 @@ Public names are imported lazily so that ``import lipschitz_lab`` stays fast
 """
 from __future__ import annotations
 
-import importlib
+from lipschitz_lab._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -23,13 +23,4 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lipschitz_lab' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

@@ -5,7 +5,7 @@ checkpoint helpers (which need torch) are imported on first use.
 """
 from __future__ import annotations
 
-import importlib
+from lipschitz_lab._lazy import lazy_exports
 
 from lipschitz_lab.runs.schema import SCHEMA_VERSION
 from lipschitz_lab.runs.store import DEFAULT_DB, STATUSES, RunStore
@@ -17,13 +17,4 @@ _LAZY = {name: "lipschitz_lab.runs.checkpoint"
 __all__ = ["DEFAULT_DB", "SCHEMA_VERSION", "STATUSES", "RunStore", "StoreWriter", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lipschitz_lab.runs' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

@@ -11,7 +11,7 @@ Names load on first use, so ``build_policy`` importing the baselines stays cheap
 """
 from __future__ import annotations
 
-import importlib
+from lipschitz_lab._lazy import lazy_exports
 
 _LAZY = {
     **{n: "lipschitz_lab.studies.spec" for n in ("StudySpec", "PolicyEntry", "RunPlan", "catalogue", "select",
@@ -24,13 +24,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lipschitz_lab.studies' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

@@ -10,7 +10,7 @@ Exports load on first use, so ``import lipschitz_lab.ui`` stays cheap:
 """
 from __future__ import annotations
 
-import importlib
+from lipschitz_lab._lazy import lazy_exports
 
 _LAZY = {
     "training_panel": "lipschitz_lab.ui.training_panel",
@@ -27,13 +27,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lipschitz_lab.ui' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)
