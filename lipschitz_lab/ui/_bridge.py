@@ -17,7 +17,9 @@ Without a running loop (a plain script, pytest) nothing is scheduled: call
 from __future__ import annotations
 
 import asyncio
+import html
 import queue
+import re
 import threading
 from typing import Any, Callable
 
@@ -139,3 +141,24 @@ STATUS_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#ff7f0
 def status_html(state: str, text: str) -> str:
     """The panels' status line: the state in its colour, then the text (already escaped)."""
     return f"<span style='color:{STATUS_COLORS.get(state, 'black')}'><b>{state}</b></span>: {text}"
+
+
+class BridgedPanel:
+    """What a panel fed through a :class:`Bridge` shares: its status line (``self.status``,
+    a ``widgets.HTML``) and, for tests and scripts, applying the queue by hand."""
+
+    status: Any
+    _bridge: Bridge | None
+
+    def _set_status(self, state: str, text: str) -> None:
+        self.status.value = status_html(state, text)
+
+    @property
+    def status_text(self) -> str:
+        """The status line without its markup."""
+        return html.unescape(re.sub(r"<[^>]+>", "", self.status.value))
+
+    # -- for tests and scripts (never inside a notebook cell) ------------------------------
+    def flush(self) -> int:
+        """Apply the queued records now, in this thread; returns how many there were."""
+        return self._bridge.flush() if self._bridge is not None else 0

@@ -35,7 +35,7 @@ from jupyter_bokeh import BokehModel
 from lipschitz_lab.config import ConfigError, TrainConfig
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.studies.spec import StudySpec, catalogue, select
-from lipschitz_lab.ui._bridge import Bridge, load_bokehjs, running_loop, status_html
+from lipschitz_lab.ui._bridge import Bridge, BridgedPanel, load_bokehjs, running_loop
 from lipschitz_lab.ui.report import as_store
 from lipschitz_lab.ui.study_plots import StudyFigures
 
@@ -46,7 +46,7 @@ DEFAULT_SELECTION = ("lipschitz-paper-epoch-sgd", "lipschitz-corrected-epoch-sgd
                      "onecycle-0.1", "prodigy")
 
 
-class StudyPanel(widgets.VBox):
+class StudyPanel(BridgedPanel, widgets.VBox):
     """A policy multi-select, seeds, Launch/Stop, a status line, and the live comparison figures.
 
     ``base`` are :class:`~lipschitz_lab.config.TrainConfig` fields shared by every run.
@@ -278,14 +278,7 @@ class StudyPanel(widgets.VBox):
         self._active = False
         self.launch_button.disabled, self.stop_button.disabled = False, True
 
-    def _set_status(self, state: str, text: str) -> None:
-        self.status.value = status_html(state, text)
-
     # -- for tests and scripts (never inside a notebook cell) ------------------------------
-    def flush(self) -> int:
-        """Apply the queued records now, in this thread; returns how many there were."""
-        return self._bridge.flush() if self._bridge is not None else 0
-
     def wait(self, timeout: float | None = None) -> bool:
         """Join the study's threads (True when both have ended).  Not in a notebook cell:
         the kernel's loop would stall, and with it the live figures."""

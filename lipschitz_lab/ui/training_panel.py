@@ -29,7 +29,7 @@ from jupyter_bokeh import BokehModel
 from lipschitz_lab.bounds import KZ_DEFINITIONS, VARIANTS
 from lipschitz_lab.config import OPTIMIZERS, ConfigError, TrainConfig
 from lipschitz_lab.runs import RunStore
-from lipschitz_lab.ui._bridge import Bridge, load_bokehjs, running_loop, status_html
+from lipschitz_lab.ui._bridge import Bridge, BridgedPanel, load_bokehjs, running_loop
 from lipschitz_lab.ui.figures import RunFigures, number
 from lipschitz_lab.ui.report import as_store
 
@@ -54,7 +54,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
             "kz": KZ_DEFINITIONS, "recompute": ("epoch", "step")}
 
 
-class TrainingPanel(widgets.VBox):
+class TrainingPanel(BridgedPanel, widgets.VBox):
     """Controls, a status line, a step counter and the live figures of one run at a time.
 
     ``defaults`` are :class:`~lipschitz_lab.config.TrainConfig` fields: those with a
@@ -212,14 +212,7 @@ class TrainingPanel(widgets.VBox):
         self._active = False
         self.start_button.disabled, self.stop_button.disabled = False, True
 
-    def _set_status(self, state: str, text: str) -> None:
-        self.status.value = status_html(state, text)
-
     # -- for tests and scripts (never inside a notebook cell) ------------------------------
-    def flush(self) -> int:
-        """Apply the queued records now, in this thread; returns how many there were."""
-        return self._bridge.flush() if self._bridge is not None else 0
-
     def wait(self, timeout: float | None = None) -> bool:
         """Join the training thread (True when it has ended).  Not in a notebook cell:
         the kernel's loop would stall, and with it the live figures."""
@@ -227,12 +220,6 @@ class TrainingPanel(widgets.VBox):
             self._thread.join(timeout)
             return not self._thread.is_alive()
         return True
-
-    @property
-    def status_text(self) -> str:
-        """The status line without its markup."""
-        import re
-        return html.unescape(re.sub(r"<[^>]+>", "", self.status.value))
 
 
 def training_panel(store: RunStore | str | None = None, **defaults: Any) -> TrainingPanel:
