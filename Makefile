@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+APP     := $(VENV)/.installed-app
 
 .PHONY: run test lab derive bench clean
 
@@ -10,10 +11,15 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Re-install only when the project metadata changes.
+# Re-install only when the project metadata changes.  The tests need every optional
+# extra (the app, Ray, Lightning); the app alone needs the core and Voila.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,app,ray,lightning]'
+	touch $(STAMP) $(APP)
+
+$(APP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[app]'
+	touch $(APP)
 
 run: $(STAMP)
 	$(BIN)/lipschitz-lab demo

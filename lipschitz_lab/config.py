@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
+from lipschitz_lab.bounds import KZ_DEFINITIONS, VARIANTS
+from lipschitz_lab.optim_variants import OPTIMIZERS
+
+#: where a run trains: "auto" picks cuda, then mps, then the cpu
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -67,23 +70,24 @@ class TrainConfig:
                 raise ConfigError(f"{fld}={getattr(self, fld)!r}: {msg}")
         need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "must be an integer >= 1")
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "must be an integer >= 1")
-        need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
-        need(self.bound in ("paper", "corrected", "strict"), "bound", "must be paper, corrected or strict")
-        need(self.kz in ("frobenius", "max_abs"), "kz", "must be frobenius or max_abs")
-        need(self.recompute in ("epoch", "step"), "recompute", "must be epoch or step")
-        need(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
+        from lipschitz_lab.scheduler import RECOMPUTE
+        for fld, choices in (("optimizer", OPTIMIZERS), ("bound", VARIANTS), ("kz", KZ_DEFINITIONS),
+                             ("recompute", RECOMPUTE), ("device", DEVICES)):
+            need(getattr(self, fld) in choices, fld, f"must be one of {', '.join(choices)}")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(self.lr > 0, "lr", "must be > 0")
         need(self.lr_scale > 0, "lr_scale", "must be > 0")
         need(self.keras_decay >= 0, "keras_decay", "must be >= 0")
-        need(0 < self.min_lr <= self.max_lr, "min_lr", f"need 0 < min_lr <= max_lr (max_lr={self.max_lr!r})")
+        need(self.max_lr > 0, "max_lr", "must be > 0")
+        need(self.min_lr > 0, "min_lr", "must be > 0")
+        need(self.min_lr <= self.max_lr, "min_lr", f"must be <= max_lr={self.max_lr!r}")
         need(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
         need(0 <= self.eps < 1, "eps", "must be in [0, 1)")
         need(self.fixed_after is None or self.fixed_after >= 1, "fixed_after", "must be >= 1")
         need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1")
         need(self.train_subset is None or self.train_subset >= 1, "train_subset", "must be >= 1")
-        from lipschitz_lab.losses import LOSSES
-        need(self.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}")
+        from lipschitz_lab.losses import loss_names
+        need(self.loss in loss_names(), "loss", f"must be one of {', '.join(loss_names())}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +103,19 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of every choice field of :class:`TrainConfig`, read live from the
+    modules that define them (a registered loss, data set, model or policy shows up here)."""
+    from lipschitz_lab.data import DATASETS
+    from lipschitz_lab.losses import loss_names
+    from lipschitz_lab.models import MODELS
+    from lipschitz_lab.policies import POLICIES
+    from lipschitz_lab.scheduler import RECOMPUTE
+    return {"dataset": tuple(DATASETS), "model": tuple(MODELS), "loss": loss_names(),
+            "lr_policy": tuple(POLICIES), "optimizer": OPTIMIZERS, "bound": VARIANTS,
+            "kz": KZ_DEFINITIONS, "recompute": RECOMPUTE, "device": DEVICES}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

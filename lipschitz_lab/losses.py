@@ -11,6 +11,11 @@ import torch.nn.functional as F
 
 LOSSES = ("mse", "bce", "softmax_ce", "label_smoothed_ce")
 
+def loss_names() -> tuple[str, ...]:
+    """Every loss usable for training, built-ins first (the live list: read it, do not copy it)."""
+    return LOSSES
+
+
 #: what kind of target each loss needs
 TASKS = {
     "mse": "regression",

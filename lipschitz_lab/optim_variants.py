@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["VARIANT_OPTIMIZERS", "BoundEMA"]
+__all__ = ["OPTIMIZERS", "BoundEMA"]
 
-VARIANT_OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
+#: the optimizers a run can use, each with its own Lipschitz rate (the one list of them)
+OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
 
 
 class BoundEMA:
@@ -41,8 +42,8 @@ class BoundEMA:
 
     def __init__(self, variant: str = "sgd", *, beta: float = 0.9, beta1: float = 0.9,
                  beta2: float = 0.999, eps: float = 1e-8, bias_correction: bool = False):
-        if variant not in VARIANT_OPTIMIZERS:
-            raise ValueError(f"variant_optimizer must be one of {', '.join(VARIANT_OPTIMIZERS)}; "
+        if variant not in OPTIMIZERS:
+            raise ValueError(f"variant_optimizer must be one of {', '.join(OPTIMIZERS)}; "
                              f"got variant_optimizer={variant!r}")
         for name, b in (("beta", beta), ("beta1", beta1), ("beta2", beta2)):
             if not 0.0 <= b < 1.0:

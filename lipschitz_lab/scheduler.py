@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lipschitz_lab.bounds import (KZ_DEFINITIONS, LOSSES, VARIANTS, bound_inputs,
                                   learning_rate, lipschitz_bound)
-from lipschitz_lab.optim_variants import VARIANT_OPTIMIZERS, BoundEMA
+from lipschitz_lab.optim_variants import BoundEMA
 from lipschitz_lab.probe import DivergenceError, Probe
 from lipschitz_lab.records import Record, Subscriber, step_record
 

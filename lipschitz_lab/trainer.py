@@ -26,7 +26,7 @@ from lipschitz_lab.models import get_model
 from lipschitz_lab.policies import PolicyContext, build_policy
 from lipschitz_lab.probe import DivergenceError
 from lipschitz_lab.records import Record, epoch_record, step_record
-from lipschitz_lab.runs import RunStore, StoreWriter, load_checkpoint, save_checkpoint
+from lipschitz_lab.runs import RunStore, StoreWriter, load_checkpoint, open_store, save_checkpoint
 from lipschitz_lab.runs.checkpoint import rng_state, set_rng_state
 
 EVAL_BATCH = 512
@@ -178,8 +178,7 @@ def train(config: TrainConfig | dict, *, store: RunStore | str | os.PathLike | N
     crit = policy.wrap_loss(criterion) if policy.wrap_loss else criterion
 
     # 2) the run in the store (rank 0 writes; every rank knows the id)
-    store = store if isinstance(store, RunStore) else RunStore(store or os.environ.get(
-        "LIPSCHITZ_LAB_STORE", "runs/lipschitz_lab.db"))
+    store = open_store(store)
     run_id, start_epoch, step, time_offset = None, 0, 0, 0.0
     ckpt_dir = Path(store.path).parent / "checkpoints"
     if rank == 0:

@@ -12,7 +12,8 @@ def _norm(req: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_norm(r) for r in meta["dependencies"] + meta["optional-dependencies"]["dev"]}
+    extras = [r for group in meta["optional-dependencies"].values() for r in group]
+    wanted = {_norm(r) for r in meta["dependencies"] + extras}
     env = (ROOT / "environment.yml").read_text()
     listed = {_norm(m) for m in re.findall(r'^\s+- "([^"]+)"\s*$', env, flags=re.M)}
     assert listed == wanted

@@ -12,7 +12,7 @@ import pytest
 from lipschitz_lab import policies as policies_mod
 from lipschitz_lab.config import ConfigError
 from lipschitz_lab.runs import RunStore
-from lipschitz_lab.studies.baselines import BASELINES, RANGE_ITERS, suggest_lr
+from lipschitz_lab.policies.baselines import BASELINES, RANGE_ITERS, suggest_lr
 from lipschitz_lab.studies.results import study_table, summary_markdown, verdict
 from lipschitz_lab.studies.runner import run_study
 from lipschitz_lab.studies.spec import PolicyEntry, StudySpec, catalogue, load_study, select
@@ -52,7 +52,6 @@ class CountingTrain:
 
 # -- the policies ------------------------------------------------------------------------
 def test_catalogue_covers_every_registered_policy():
-    policies_mod._load_plugins()
     used = {e.lr_policy for e in CATALOGUE.values()}
     assert set(policies_mod.POLICIES) <= used, set(policies_mod.POLICIES) - used
     assert set(BASELINES) <= set(policies_mod.POLICIES)

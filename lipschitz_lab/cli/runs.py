@@ -22,9 +22,8 @@ def register(sub) -> None:
 
 
 def _store(args):
-    import os
-    from lipschitz_lab.runs import DEFAULT_DB, RunStore
-    return RunStore(args.store or os.environ.get("LIPSCHITZ_LAB_STORE", DEFAULT_DB))
+    from lipschitz_lab.runs import open_store
+    return open_store(args.store)
 
 
 def run(args) -> int:

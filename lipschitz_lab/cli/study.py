@@ -69,12 +69,12 @@ def run(args) -> int:
 
     if args.list:
         return _list()
-    from lipschitz_lab.runs import RunStore
+    from lipschitz_lab.runs import open_store
     from lipschitz_lab.studies.results import study_table, summary_markdown, table_text
     from lipschitz_lab.studies.runner import run_study
 
     spec = build_spec(args)
-    store = RunStore(args.store or os.environ.get("LIPSCHITZ_LAB_STORE", "runs/lipschitz_lab.db"))
+    store = open_store(args.store)
     plans = spec.runs()
     print(f"study {spec.name!r}: {len(spec.policies)} policies x {len(spec.seeds)} seeds = {len(plans)} runs "
           f"-> {store.path}", file=sys.stderr)

@@ -8,13 +8,14 @@ from __future__ import annotations
 from lipschitz_lab._lazy import lazy_exports
 
 from lipschitz_lab.runs.schema import SCHEMA_VERSION
-from lipschitz_lab.runs.store import DEFAULT_DB, STATUSES, RunStore
+from lipschitz_lab.runs.store import DEFAULT_DB, STATUSES, STORE_ENV, RunStore, open_store, store_path
 from lipschitz_lab.runs.writer import StoreWriter
 
 _LAZY = {name: "lipschitz_lab.runs.checkpoint"
          for name in ("save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state")}
 
-__all__ = ["DEFAULT_DB", "SCHEMA_VERSION", "STATUSES", "RunStore", "StoreWriter", *_LAZY]
+__all__ = ["DEFAULT_DB", "SCHEMA_VERSION", "STATUSES", "STORE_ENV", "RunStore", "StoreWriter", "open_store",
+           "store_path", *_LAZY]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

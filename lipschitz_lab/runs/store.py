@@ -23,6 +23,8 @@ from lipschitz_lab.runs.schema import connect, migrate, retry_locked
 
 #: where runs go unless told otherwise (relative to the working directory).
 DEFAULT_DB = Path("runs") / "lipschitz_lab.db"
+#: environment variable naming the run store; it wins over DEFAULT_DB, an explicit path wins over it
+STORE_ENV = "LIPSCHITZ_LAB_STORE"
 
 #: a run's life: "running" until the trainer says how it ended.
 STATUSES = ("running", "finished", "stopped", "diverged", "failed")
@@ -69,6 +71,19 @@ def _int_or_none(record: dict, field: str) -> int | None:
         return operator.index(value)
     except TypeError:
         raise ValueError(f"record field {field!r} must be an int or None, got {value!r}") from None
+
+
+def store_path(path: str | os.PathLike | None = None) -> Path:
+    """The one rule for finding the store: ``path`` when given and not empty; else
+    ``$LIPSCHITZ_LAB_STORE`` when set and not empty; else :data:`DEFAULT_DB`."""
+    if path is not None and str(path) != "":
+        return Path(path)
+    return Path(os.environ.get(STORE_ENV) or DEFAULT_DB)
+
+
+def open_store(store: "RunStore | str | os.PathLike | None" = None) -> "RunStore":
+    """``store`` itself when it is a :class:`RunStore`, else the store at :func:`store_path`."""
+    return store if isinstance(store, RunStore) else RunStore(store_path(store))
 
 
 class RunStore:

@@ -1,13 +1,11 @@
 """What-if studies: one base config under many lr policies and seeds, compared side by side.
 
 - :mod:`~lipschitz_lab.studies.spec` -- StudySpec, the policy catalogue, presets;
-- :mod:`~lipschitz_lab.studies.baselines` -- the extra policies (LR range test,
-  Prodigy, D-Adaptation, DoG, Schedule-Free), registered into
-  :mod:`lipschitz_lab.policies`;
 - :mod:`~lipschitz_lab.studies.runner` -- run_study: worker processes, skip/resume;
 - :mod:`~lipschitz_lab.studies.results` -- the table and the Markdown summary, from the store.
 
-Names load on first use, so ``build_policy`` importing the baselines stays cheap.
+The policies themselves (LipschitzLR and every baseline) live in :mod:`lipschitz_lab.policies`.
+Names load on first use.
 """
 from __future__ import annotations
 

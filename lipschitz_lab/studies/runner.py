@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from lipschitz_lab.runs import DEFAULT_DB, RunStore
+from lipschitz_lab.runs import RunStore, open_store
 from lipschitz_lab.studies.spec import RunPlan, StudySpec
 
 __all__ = ["RunOutcome", "StudyResult", "plan_study", "run_study", "execute_run", "DONE"]
@@ -177,8 +177,7 @@ def run_study(spec: StudySpec, store: RunStore | str | os.PathLike | None = None
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers={workers!r}: must be an integer >= 1")
-    if not isinstance(store, RunStore):   # the trainer's rule: $LIPSCHITZ_LAB_STORE, else the default
-        store = RunStore(store or os.environ.get("LIPSCHITZ_LAB_STORE") or DEFAULT_DB)
+    store = open_store(store)
     t0 = time.perf_counter()
     plans = plan_study(spec, store)       # validates every config before anything trains
     outcomes: list[RunOutcome | None] = [None] * len(plans)

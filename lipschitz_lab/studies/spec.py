@@ -195,8 +195,7 @@ class StudySpec:
 
     def runs(self) -> list[RunPlan]:
         """Every (policy, seed) run, validated; raises ConfigError before anything trains."""
-        from lipschitz_lab.policies import POLICIES, _load_plugins
-        _load_plugins()
+        from lipschitz_lab.policies import POLICIES
         plans = []
         for entry in self.policies:
             if entry.lr_policy not in POLICIES:

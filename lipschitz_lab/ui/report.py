@@ -14,7 +14,7 @@ from bokeh.layouts import column
 from bokeh.models import Div
 from bokeh.resources import INLINE
 
-from lipschitz_lab.runs import DEFAULT_DB, RunStore
+from lipschitz_lab.runs import RunStore, open_store
 from lipschitz_lab.ui.figures import RunFigures, has_lipschitz_fields, number
 
 #: config fields shown in the report's header, in this order
@@ -25,9 +25,7 @@ HEADER_FIELDS = ("dataset", "model", "loss", "lr_policy", "optimizer", "bound", 
 def as_store(store: RunStore | str | os.PathLike | None = None) -> RunStore:
     """``store``; a path opens one; None: ``$LIPSCHITZ_LAB_STORE``, else ``runs/lipschitz_lab.db``
     (the trainer's rule)."""
-    if isinstance(store, RunStore):
-        return store
-    return RunStore(store or os.environ.get("LIPSCHITZ_LAB_STORE") or DEFAULT_DB)
+    return open_store(store)
 
 
 def _fmt(value) -> str:

@@ -26,8 +26,7 @@ from typing import Any
 import ipywidgets as widgets
 from jupyter_bokeh import BokehModel
 
-from lipschitz_lab.bounds import KZ_DEFINITIONS, VARIANTS
-from lipschitz_lab.config import OPTIMIZERS, ConfigError, TrainConfig
+from lipschitz_lab.config import ConfigError, TrainConfig
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.ui._bridge import Bridge, BridgedPanel, load_bokehjs, running_loop
 from lipschitz_lab.ui.figures import RunFigures, number
@@ -45,13 +44,8 @@ LABELS = {"dataset": "data set", "model": "model", "loss": "loss", "lr_policy": 
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    from lipschitz_lab.data import DATASETS
-    from lipschitz_lab.losses import LOSSES
-    from lipschitz_lab.models import MODELS
-    from lipschitz_lab.policies import POLICIES
-    return {"dataset": tuple(DATASETS), "model": tuple(MODELS), "loss": tuple(LOSSES),
-            "lr_policy": tuple(POLICIES), "optimizer": OPTIMIZERS, "bound": VARIANTS,
-            "kz": KZ_DEFINITIONS, "recompute": ("epoch", "step")}
+    from lipschitz_lab.config import choices
+    return choices()
 
 
 class TrainingPanel(BridgedPanel, widgets.VBox):

@@ -1,7 +1,5 @@
-"""The studies' baselines, registered as policies of :mod:`lipschitz_lab.policies`.
+"""The baselines that find their own rate, registered as policies of :mod:`lipschitz_lab.policies`.
 
-``build_policy`` imports this module when it meets a policy name it does not
-know, so a config may say ``lr_policy="prodigy"`` without importing anything.
 Each baseline goes through its own package, built as that package documents:
 
 ==================  ==========================================  =============================
@@ -28,7 +26,7 @@ import torch
 from torch import nn
 
 from lipschitz_lab.config import ConfigError, TrainConfig
-from lipschitz_lab.policies import Policy, PolicyContext, make_optimizer, register_policy
+from lipschitz_lab.policies.base import Policy, PolicyContext, make_optimizer, register_policy
 
 __all__ = ["BASELINES", "range_test", "suggest_lr"]
 

@@ -1,0 +1,40 @@
+"""The Lipschitz policy: lr = lr_scale / L (:class:`~lipschitz_lab.scheduler.LipschitzLR`)."""
+from __future__ import annotations
+
+from torch import nn
+
+from lipschitz_lab.config import TrainConfig
+from lipschitz_lab.policies.base import Policy, PolicyContext, make_optimizer, register_policy
+
+
+def _lipschitz_scheduler(config: TrainConfig, model: nn.Module, optimizer, ctx: PolicyContext):
+    from lipschitz_lab.scheduler import LipschitzLR
+
+    class FixedAfter(LipschitzLR):
+        """Stops recomputing after ``fixed_after`` epochs (the paper's fixed run)."""
+
+        def epoch_end(self):
+            out = super().epoch_end()
+            if config.fixed_after is not None and self.epoch >= config.fixed_after:
+                self.recompute = "fixed"        # neither "epoch" nor "step": the rate stays
+            return out
+
+    cls = FixedAfter if config.fixed_after is not None else LipschitzLR
+    return cls(optimizer, model, config.loss, num_classes=ctx.num_classes, bound=config.bound,
+               kz=config.kz, recompute=config.recompute, min_lr=config.min_lr, max_lr=config.max_lr,
+               eps=config.eps if config.loss == "label_smoothed_ce" else None,
+               exact_protocol=config.exact_protocol,
+               loader=ctx.train_loader if config.exact_protocol else None,
+               variant_optimizer=config.optimizer)
+
+
+@register_policy("lipschitz")
+def lipschitz(config: TrainConfig, model: nn.Module, ctx: PolicyContext) -> Policy:
+    """lr = lr_scale / L, recomputed per epoch or step (:class:`~lipschitz_lab.scheduler.LipschitzLR`)."""
+    optimizer = make_optimizer(config.optimizer, model.parameters(), lr=config.lr,
+                               weight_decay=config.weight_decay)
+    for group in optimizer.param_groups:
+        group["lr_scale"] = config.lr_scale
+    sched = _lipschitz_scheduler(config, model, optimizer, ctx)
+    return Policy(optimizer, sched, per_step=True, lipschitz=True, wrap_loss=sched.wrap_loss,
+                  info={"lr_scale": config.lr_scale})
