@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lipschitz_lab.bounds import KZ_DEFINITIONS, VARIANTS
+from lipschitz_lab.bounds import KZ_DEFINITIONS
 from lipschitz_lab.optim_variants import OPTIMIZERS
 
 #: where a run trains: "auto" picks cuda, then mps, then the cpu
@@ -39,6 +39,8 @@ class TrainConfig:
     exact_protocol: bool = False     # the authors' extra eval pass per epoch (costly, BatchNorm trap)
     fixed_after: int | None = None   # the paper's "fixed" run: compute the rate once, after this many epochs
     lr_scale: float = 1.0            # what-if: multiply 1/L (0.1, 0.3, 3, 10)
+    smooth_c: float = 1.0            # bound="smooth": lr = c/beta; 1 is GD's safe step, 2 the edge of stability
+    measure_beta: bool = False       # record the smoothness beta for any bound (a few matvecs per step)
     keras_decay: float = 0.0         # the authors' Keras `decay`: lr/(1 + decay*iterations); 0 = off
     lr: float = 0.01                 # baselines' rate (the follow-up paper's SGD baseline)
     min_lr: float = 1e-6             # clamps guard against K_z -> 0 or an exploding K_z
@@ -61,6 +63,10 @@ class TrainConfig:
     num_workers: int = 0             # data loader workers; 0 is fastest for small sets
     max_steps: int | None = None     # stop after this many steps (smoke tests, quick studies)
     checkpoint: bool = True          # a checkpoint every epoch, for resume
+    flush_every: int = 32            # records reach the store and panels this many steps late at most;
+                                     # 1 waits for the device every step (no async GPU work)
+    data_on_device: bool | None = None  # in-memory data sets on the GPU, augmented there; None: on CUDA only
+    compile: bool = False            # torch.compile the model (the probe's hooks run outside the graph)
     name: str | None = None
     study: str | None = None
 
@@ -70,8 +76,8 @@ class TrainConfig:
                 raise ConfigError(f"{fld}={getattr(self, fld)!r}: {msg}")
         need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "must be an integer >= 1")
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "must be an integer >= 1")
-        from lipschitz_lab.scheduler import RECOMPUTE
-        for fld, choices in (("optimizer", OPTIMIZERS), ("bound", VARIANTS), ("kz", KZ_DEFINITIONS),
+        from lipschitz_lab.scheduler import BOUNDS, RECOMPUTE
+        for fld, choices in (("optimizer", OPTIMIZERS), ("bound", BOUNDS), ("kz", KZ_DEFINITIONS),
                              ("recompute", RECOMPUTE), ("device", DEVICES)):
             need(getattr(self, fld) in choices, fld, f"must be one of {', '.join(choices)}")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
@@ -85,6 +91,8 @@ class TrainConfig:
         need(0 <= self.eps < 1, "eps", "must be in [0, 1)")
         need(self.fixed_after is None or self.fixed_after >= 1, "fixed_after", "must be >= 1")
         need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1")
+        need(isinstance(self.flush_every, int) and self.flush_every >= 1, "flush_every", "must be an integer >= 1")
+        need(self.smooth_c > 0, "smooth_c", "must be > 0")
         need(self.train_subset is None or self.train_subset >= 1, "train_subset", "must be >= 1")
         from lipschitz_lab.losses import loss_names
         need(self.loss in loss_names(), "loss", f"must be one of {', '.join(loss_names())}")
@@ -112,9 +120,9 @@ def choices() -> dict[str, tuple[str, ...]]:
     from lipschitz_lab.losses import loss_names
     from lipschitz_lab.models import MODELS
     from lipschitz_lab.policies import POLICIES
-    from lipschitz_lab.scheduler import RECOMPUTE
+    from lipschitz_lab.scheduler import BOUNDS, RECOMPUTE
     return {"dataset": tuple(DATASETS), "model": tuple(MODELS), "loss": loss_names(),
-            "lr_policy": tuple(POLICIES), "optimizer": OPTIMIZERS, "bound": VARIANTS,
+            "lr_policy": tuple(POLICIES), "optimizer": OPTIMIZERS, "bound": BOUNDS,
             "kz": KZ_DEFINITIONS, "recompute": RECOMPUTE, "device": DEVICES}
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "all_reduce_sum_max", "check_same_length"]
+__all__ = ["is_distributed", "all_reduce_sum_max", "check_same_length", "min_over_ranks"]
 
 
 def is_distributed() -> bool:
@@ -40,13 +40,24 @@ def all_reduce_sum_max(sums: torch.Tensor | None, maxes: torch.Tensor | None) ->
         dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
 
 
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def min_over_ranks(value: float) -> float:
+    """The smallest ``value`` of all ranks (one collective; a no-op on one rank)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return float(t[0])
+
+
 def check_same_length(n: int) -> None:
     """Raise if ranks measured different numbers of batches (per-batch union needs equal counts)."""
     if not is_distributed():
         return
-    t = torch.tensor([n, -n], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+    t = torch.tensor([n, -n], dtype=torch.int64, device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     hi, lo = int(t[0]), -int(t[1])
     if hi != lo:

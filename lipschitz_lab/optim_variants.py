@@ -37,6 +37,11 @@ __all__ = ["OPTIMIZERS", "BoundEMA"]
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
 
 
+def _sqrt(x):
+    """math.sqrt for a float, Tensor.sqrt for a tensor: L may be either (the rate stays on the device)."""
+    return x.sqrt() if hasattr(x, "sqrt") else math.sqrt(x)
+
+
 class BoundEMA:
     """EMAs of L for one variant optimizer (see the module docstring)."""
 
@@ -70,10 +75,10 @@ class BoundEMA:
             return self._hat(self.K, self.beta)
         if self.variant == "rmsprop":
             self.K = self.beta * self.K + (1 - self.beta) * L_sq
-            return L / math.sqrt(self._hat(self.K, self.beta) + self.eps)
+            return L / _sqrt(self._hat(self.K, self.beta) + self.eps)
         self.K1 = self.beta1 * self.K1 + (1 - self.beta1) * L
         self.K2 = self.beta2 * self.K2 + (1 - self.beta2) * L_sq
-        return self._hat(self.K1, self.beta1) / (math.sqrt(self._hat(self.K2, self.beta2)) + self.eps)
+        return self._hat(self.K1, self.beta1) / (_sqrt(self._hat(self.K2, self.beta2)) + self.eps)
 
     def state_dict(self) -> dict[str, float | int]:
         return {"K": self.K, "K1": self.K1, "K2": self.K2, "t": self.t}

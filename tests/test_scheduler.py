@@ -14,6 +14,7 @@ from lipschitz_lab import LipschitzLR
 from lipschitz_lab.bounds import learning_rate, lipschitz_bound
 from lipschitz_lab.losses import make_criterion
 from lipschitz_lab.probe import DivergenceError
+from lipschitz_lab.scheduler import EMAOptions
 
 
 # -- data and models ---------------------------------------------------------
@@ -258,7 +259,7 @@ def test_state_dict_resume_reproduces_the_rates(recompute, variant):
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9 if variant == "momentum" else 0.0,
                               weight_decay=1e-4)
         sched = LipschitzLR(opt, model, "softmax_ce", num_classes=10, recompute=recompute,
-                            variant_optimizer=variant, bias_correction=True,
+                            variant_optimizer=variant, ema=EMAOptions(bias_correction=True),
                             max_lr=1.0 if variant == "momentum" else 10.0)
         return model, opt, sched, make_criterion("softmax_ce")
 
@@ -395,7 +396,7 @@ def test_variant_optimizer_rates_follow_the_emas(variant, bias_correction):
            "rmsprop": lambda: torch.optim.RMSprop(params, lr=0.01, weight_decay=lam),
            "adam": lambda: torch.optim.Adam(params, lr=0.01, weight_decay=lam)}[variant]()
     sched = LipschitzLR(opt, model, "softmax_ce", num_classes=10, recompute="step", variant_optimizer=variant,
-                        bias_correction=bias_correction, min_lr=None, max_lr=None)
+                        ema=EMAOptions(bias_correction=bias_correction), min_lr=None, max_lr=None)
     recs = run(model, opt, sched, make_criterion("softmax_ce"), [batches(X, y, 128, seed=0)[:8]])
     # oracle: the follow-up paper's EMAs, fed batch 0 (warm start), then batches 0..t-1
     K = K1 = K2 = 0.0

@@ -52,8 +52,10 @@ def test_stop_event_ends_within_one_batch(tmp_path):
     def stopper(rec):
         if rec["kind"] == "step" and rec["step"] == 4:
             stop.set()
-    run = train({**QUICK, "epochs": 5}, store=tmp_path / "s.db", subscribers=[stopper], stop_event=stop,
-                progress=False)
+    # flush_every=1: the subscriber sees step 4's record right after step 4 (by default records
+    # arrive in batches, a few steps late); the stop event is checked after every batch
+    run = train({**QUICK, "epochs": 5, "flush_every": 1}, store=tmp_path / "s.db", subscribers=[stopper],
+                stop_event=stop, progress=False)
     assert run.status == "stopped" and run.steps == 5
     assert len(RunStore(tmp_path / "s.db").records(run.run_id, kind="step")) == 5
 

@@ -19,6 +19,7 @@ class PolicyContext:
     num_classes: int | None
     device: torch.device
     criterion: Callable
+    log: Any = None                       # the run's StepLog (LipschitzLR queues its records there)
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Policy:
     on_eval: Callable[[], None] | None = None    # e.g. schedule-free's optimizer.eval()
     extra_steps: int = 0                  # iterations spent before training (LR range test)
     info: dict[str, Any] = field(default_factory=dict)
+    state: Callable[[], dict] | None = None              # what a checkpoint must keep beyond the optimizer
+    load_state: Callable[[dict], None] | None = None     # ... and how a resume puts it back
 
     def current_lr(self) -> float:
         g = self.optimizer.param_groups[0]
@@ -52,12 +55,16 @@ def register_policy(name: str):
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer by name.  On CUDA SGD and Adam are the fused kernels: they read a rate
+    held on the device, so LipschitzLR sets it without a host sync."""
+    params = list(params)
+    fused = {"fused": True} if params and params[0].is_cuda else {}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, **fused)
     if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, **fused)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, alpha=0.9, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
     raise ConfigError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")

@@ -8,24 +8,16 @@ from lipschitz_lab.policies.base import Policy, PolicyContext, make_optimizer, r
 
 
 def _lipschitz_scheduler(config: TrainConfig, model: nn.Module, optimizer, ctx: PolicyContext):
-    from lipschitz_lab.scheduler import LipschitzLR
-
-    class FixedAfter(LipschitzLR):
-        """Stops recomputing after ``fixed_after`` epochs (the paper's fixed run)."""
-
-        def epoch_end(self):
-            out = super().epoch_end()
-            if config.fixed_after is not None and self.epoch >= config.fixed_after:
-                self.recompute = "fixed"        # neither "epoch" nor "step": the rate stays
-            return out
-
-    cls = FixedAfter if config.fixed_after is not None else LipschitzLR
-    return cls(optimizer, model, config.loss, num_classes=ctx.num_classes, bound=config.bound,
-               kz=config.kz, recompute=config.recompute, min_lr=config.min_lr, max_lr=config.max_lr,
-               eps=config.eps if config.loss == "label_smoothed_ce" else None,
-               exact_protocol=config.exact_protocol,
-               loader=ctx.train_loader if config.exact_protocol else None,
-               variant_optimizer=config.optimizer)
+    from lipschitz_lab.bounds import bound_inputs
+    from lipschitz_lab.scheduler import LipschitzLR, SmoothOptions
+    return LipschitzLR(optimizer, model, config.loss, num_classes=ctx.num_classes, bound=config.bound,
+                       kz=config.kz, recompute=config.recompute, fixed_after=config.fixed_after,
+                       min_lr=config.min_lr, max_lr=config.max_lr,
+                       eps=config.eps if "eps" in bound_inputs(config.loss) else None,
+                       exact_protocol=config.exact_protocol,
+                       loader=ctx.train_loader if config.exact_protocol else None,
+                       variant_optimizer=config.optimizer, smooth=SmoothOptions(c=config.smooth_c),
+                       measure_beta=config.measure_beta or config.bound == "smooth", log=ctx.log)
 
 
 @register_policy("lipschitz")

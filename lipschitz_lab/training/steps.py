@@ -1,0 +1,144 @@
+"""3) One training step, one epoch, and 4) the epoch's end.
+
+A step never waits for the device: the loss and the accuracy stay tensors,
+folded into the step's entry of the :class:`~lipschitz_lab.steplog.StepLog`
+beside the scheduler's numbers; the epoch's loss and accuracy are summed on the
+device.  The log decodes the entries every ``flush_every`` steps and at the
+epoch's end, and raises :class:`~lipschitz_lab.errors.DivergenceError` at the
+first step whose loss, K_z, K_a or gradient maxima are NaN or inf.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from lipschitz_lab.errors import DivergenceError
+from lipschitz_lab.records import Record, epoch_record, step_record
+from lipschitz_lab.training.session import Session
+from lipschitz_lab.training.setup import Setup
+
+__all__ = ["Stopped", "EpochSums", "train_step", "evaluate", "end_epoch"]
+
+
+class Stopped(Exception):
+    """Raised inside the loop when the stop event is set."""
+
+
+class EpochSums:
+    """The epoch's loss and correct predictions, summed on the device (read once, at its end)."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.float64, device=device)
+        self.n = 0
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor | None, n: int) -> None:
+        self.loss += loss.detach().double() * n
+        if correct is not None:
+            self.correct += correct
+        self.n += n
+
+
+def correct_count(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor | None:
+    """How many predictions are right, as a float64 device tensor (None for regression)."""
+    if task == "multiclass":
+        return (out.argmax(dim=1) == y).sum().double()
+    if task == "binary":
+        return ((out.reshape(y.shape) > 0).to(y.dtype) == y).sum().double()
+    return None
+
+
+def _loss_decoder(record: Record, host: dict[str, Any], values: list[float]) -> str | None:
+    host["loss"] = values[0]
+    return None if math.isfinite(values[0]) else f"step {host['step']}: loss is {values[0]}"
+
+
+def _tail_decoder(record: Record, host: dict[str, Any], values: list[float]) -> str | None:
+    if "kind" not in record:       # not a Lipschitz policy: the scheduler added no segment
+        record.update(step_record(step=host["step"], epoch=host["epoch"], lr=host["lr"], K_z=None, L=None,
+                                  bound=None, grad_last=None, grad_layers=None, clamped=None))
+    acc = values[0] / host["n"] if values else None
+    record.update(loss=host["loss"], acc=acc, time=host["time"], step=host["step"], epoch=host["epoch"])
+    return None
+
+
+def train_step(setup: Setup, session: Session, x: torch.Tensor, y: torch.Tensor, epoch: int,
+               sums: EpochSums) -> None:
+    """Forward, backward, update, and the step's entry in the log (no host sync)."""
+    config, policy, log, device = setup.config, setup.policy, setup.log, setup.device
+    if config.channels_last and device.type == "cuda" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    log.open(step=session.step, epoch=epoch)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=setup.amp):
+        out = setup.net(x)
+        loss = setup.crit(out.float(), y)
+    log.add([loss.detach()], _loss_decoder, priority=0)
+    loss.backward()
+    if config.keras_decay and policy.lipschitz:
+        for g in policy.optimizer.param_groups:
+            g["lr_scale"] = config.lr_scale / (1.0 + config.keras_decay * session.step)
+    lr_used = None if policy.lipschitz else policy.current_lr()
+    policy.optimizer.step()
+    if policy.scheduler is not None and (policy.lipschitz or policy.per_step):
+        policy.scheduler.step()
+    policy.optimizer.zero_grad(set_to_none=True)
+    correct = correct_count(out.detach().float(), y, setup.splits.task)
+    sums.add(loss, correct, len(y))
+    log.add([correct] if correct is not None else [], _tail_decoder, lr=lr_used, n=len(y),
+            time=session.elapsed())
+    log.close_entry()
+    session.step += 1
+
+
+@torch.no_grad()
+def evaluate(model, loader, criterion, task: str, device) -> tuple[float | None, float | None]:
+    """Mean loss and accuracy over ``loader``, summed on the device and read once."""
+    if loader is None or len(loader.dataset) == 0:
+        return None, None
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    total = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        out = model(x).float()
+        loss_sum += criterion(out, y).double() * len(y)
+        c = correct_count(out, y, task)
+        if c is not None:
+            correct += c
+        total += len(y)
+    model.train(was_training)
+    loss_v, correct_v = torch.stack([loss_sum, correct]).tolist()
+    return loss_v / total, (correct_v / total if task != "regression" else None)
+
+
+def end_epoch(setup: Setup, session: Session, epoch: int, sums: EpochSums) -> Record:
+    """Deliver the epoch's step records, close the scheduler's epoch, evaluate, emit the epoch record."""
+    policy, task = setup.policy, setup.splits.task
+    setup.log.flush(wait=True)                  # raises DivergenceError at the first bad step
+    if policy.lipschitz:
+        policy.scheduler.epoch_end()
+    elif policy.scheduler is not None and not policy.per_step:
+        policy.scheduler.step()
+    if policy.on_eval:
+        policy.on_eval()
+    val = evaluate(setup.model, setup.eval_loaders["val"], setup.criterion, task, setup.device)
+    test = evaluate(setup.model, setup.eval_loaders["test"], setup.criterion, task, setup.device)
+    n = max(sums.n, 1)
+    loss_sum, correct = torch.stack([sums.loss, sums.correct]).tolist()
+    last = setup.log.last
+    erec = epoch_record(epoch=epoch, step=session.step,
+                        lr=last["lr"] if sums.n and last is not None else None,
+                        train_loss=loss_sum / n, train_acc=None if task == "regression" else correct / n,
+                        val_loss=val[0], val_acc=val[1], test_loss=test[0], test_acc=test[1],
+                        time=session.elapsed(), extra_steps=policy.extra_steps or None)
+    for name in ("train_loss", "val_loss", "test_loss"):
+        if erec[name] is not None and not math.isfinite(erec[name]):
+            raise DivergenceError(f"epoch {epoch}: {name} is {erec[name]}")
+    for sink in setup.log.sinks:
+        sink(erec)
+    session.writer.flush()
+    return erec
