@@ -6,6 +6,7 @@ the "download" tests replace urllib's ``urlopen`` with one that raises.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import urllib.error
@@ -18,13 +19,20 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lipschitz_lab.data import DATASETS, DataSplits, DatasetNotFoundError, get_dataset, register_dataset
+from lipschitz_lab.data import (
+    DATASETS, DataSplits, DatasetNotFoundError, dataset_files, dataset_option_names, default_data_root,
+    get_dataset, missing_files, needs_files, path_option, register_dataset,
+)
+from lipschitz_lab.data import roots
 from lipschitz_lab.data.images import ImageTensorDataset
 from lipschitz_lab.data.registry import DATA_ROOT_ENV, DataRequest
 from lipschitz_lab.data.splits import balanced_subset, holdout
 from lipschitz_lab.data.vision import CIFAR10_FILES, CIFAR100_FILES, MNIST_FILES
 
-SHARED_SUBSET = Path("/work/shared/data/cifar10-subset")
+REPO = Path(__file__).resolve().parents[1]
+# the developers' offline copies: $LIPSCHITZ_LAB_DATA, else ../shared/data beside the checkout
+SHARED_DATA = Path(os.environ.get(DATA_ROOT_ENV) or REPO.parent / "shared" / "data")
+SHARED_SUBSET = SHARED_DATA / "cifar10-subset"
 
 
 # ---------------------------------------------------------------- writers
@@ -164,15 +172,18 @@ def test_mnist_missing_files_without_download(tmp_path):
     with pytest.raises(DatasetNotFoundError) as info:
         get_dataset("mnist", data_root=tmp_path, download=False)
     msg = str(info.value)
-    assert "MNIST" in msg and str(tmp_path / "MNIST" / "raw") in msg and "download=False" in msg
-    assert all(name in msg for name in MNIST_FILES)
-    assert "\n" not in msg and isinstance(info.value, ValueError)
+    assert msg == (f"dataset='mnist': files not found: put {', '.join(MNIST_FILES)} (torchvision layout) "
+                   f"in {tmp_path / 'MNIST' / 'raw'}, or set $LIPSCHITZ_LAB_DATA / data_root to the "
+                   f"folder that holds MNIST/raw/; download=False")
+    assert isinstance(info.value, ValueError)
+    assert list(tmp_path.iterdir()) == []          # the look-up created nothing
 
 
 def test_mnist_names_only_the_missing_file(tmp_path):
     write_mnist(tmp_path)
     (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(DatasetNotFoundError, match=r"missing: t10k-labels-idx1-ubyte;"):
+    expected = r"put t10k-labels-idx1-ubyte \(torchvision layout\) in .*raw \(the other 3 are there\)"
+    with pytest.raises(DatasetNotFoundError, match=expected):
         get_dataset("mnist", data_root=tmp_path, download=False)
 
 
@@ -194,14 +205,37 @@ def offline(monkeypatch):
     ("cifar10", "cifar-10-batches-py", CIFAR10_FILES),
     ("cifar100", "cifar-100-python", CIFAR100_FILES),
 ])
-def test_failed_download_becomes_one_clear_error(tmp_path, offline, name, folder, files):
+@pytest.mark.parametrize("root_exists", [True, False])
+def test_failed_download_becomes_one_clear_error(tmp_path, offline, capsys, name, folder, files, root_exists):
+    root = tmp_path / "data"
+    if root_exists:
+        root.mkdir()
+        (root / "keep.txt").write_text("the user's own file")
     with pytest.raises(DatasetNotFoundError) as info:
-        get_dataset(name, data_root=tmp_path, download=True)
+        get_dataset(name, data_root=root, download=True)
     msg = str(info.value)
     assert offline, "torchvision's download was not attempted"
-    assert "download failed" in msg and "name resolution" in msg
-    assert str(tmp_path / folder) in msg and all(f in msg for f in files)
-    assert "\n" not in msg
+    assert msg.startswith(f"dataset={name!r}: files not found: put {', '.join(files)} (torchvision layout) "
+                          f"in {root / folder}, or set $LIPSCHITZ_LAB_DATA / data_root")
+    assert msg.endswith("; the download failed (no network: [Errno -3] Temporary failure in name resolution)")
+    assert "\n" not in msg and "http" not in msg
+    assert "http" not in capsys.readouterr().out     # torchvision's URL trace is not shown
+    # what the download created (the folder, the archive) is gone; the user's file stays
+    if root_exists:
+        assert [p.name for p in root.iterdir()] == ["keep.txt"]
+    else:
+        assert not root.exists()
+
+
+def test_failed_download_keeps_files_already_there(tmp_path, offline):
+    write_mnist(tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
+    (raw / "t10k-images-idx3-ubyte").unlink()
+    before = sorted(p.name for p in raw.iterdir())
+    with pytest.raises(DatasetNotFoundError, match="put t10k-images-idx3-ubyte .*the other 3 are there"):
+        get_dataset("mnist", data_root=tmp_path, download=True)
+    assert sorted(p.name for p in raw.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MNIST"]
 
 
 # ---------------------------------------------------------------- CIFAR
@@ -422,18 +456,124 @@ def test_register_dataset_and_options():
         DATASETS.pop("tiny", None)
 
 
-def test_data_root_resolution(tmp_path, monkeypatch):
-    request = DataRequest("mnist", None, 0, 0.1, True, None, False)
+@pytest.fixture
+def no_data_env(tmp_path, monkeypatch):
+    """No $LIPSCHITZ_LAB_DATA, no developers' copy, $XDG_DATA_HOME in tmp; cwd a notebooks/ folder."""
     monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
-    (tmp_path / "cwd").mkdir()
-    monkeypatch.chdir(tmp_path / "cwd")
-    assert request.root() == Path("data")
-    (tmp_path / "shared" / "data").mkdir(parents=True)  # the project's offline copies
-    assert request.root() == Path("../shared/data")
+    monkeypatch.setattr(roots, "DEVELOPER_DATA_ROOT", tmp_path / "absent")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    # a ../shared/data and a ./data beside the cwd must not matter
+    (tmp_path / "shared" / "data" / "MNIST" / "raw").mkdir(parents=True)
+    (tmp_path / "notebooks" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "notebooks")
+    return tmp_path
+
+
+def test_default_data_root_ignores_the_cwd(no_data_env, monkeypatch):
+    tmp_path = no_data_env
+    assert default_data_root() == tmp_path / "xdg" / "lipschitz-lab" / "data"
+    assert DataRequest("mnist", None, 0, 0.1, True, None, False).root() == default_data_root()
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/xdg")        # invalid per the XDG spec: ignored
+    assert default_data_root() == Path.home() / ".local" / "share" / "lipschitz-lab" / "data"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_data_root() == Path.home() / ".local" / "share" / "lipschitz-lab" / "data"
+    # the developers' copy beside a source checkout wins over the user folder...
+    (tmp_path / "dev").mkdir()
+    monkeypatch.setattr(roots, "DEVELOPER_DATA_ROOT", tmp_path / "dev")
+    assert default_data_root() == (tmp_path / "dev" if roots._in_source_checkout()
+                                   else Path.home() / ".local" / "share" / "lipschitz-lab" / "data")
+    # ...and $LIPSCHITZ_LAB_DATA over both; data_root over everything
     monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path / "elsewhere"))
-    assert request.root() == tmp_path / "elsewhere"
+    assert default_data_root() == tmp_path / "elsewhere"
+    assert DataRequest("mnist", None, 0, 0.1, True, None, False).root() == tmp_path / "elsewhere"
     explicit = DataRequest("mnist", tmp_path / "x", 0, 0.1, True, None, False)
     assert explicit.root() == tmp_path / "x"
+
+
+def test_developer_copy_is_found_from_the_package_not_the_cwd():
+    assert roots.DEVELOPER_DATA_ROOT == REPO.parent / "shared" / "data"
+    assert roots._in_source_checkout() == (REPO / "pyproject.toml").is_file()
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_notebook_lookup_creates_no_folder(no_data_env, offline, download):
+    tmp_path = no_data_env
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(DatasetNotFoundError) as info:
+        get_dataset("mnist", download=download)
+    msg = str(info.value)
+    assert f"in {tmp_path / 'xdg' / 'lipschitz-lab' / 'data' / 'MNIST' / 'raw'}," in msg
+    assert msg.endswith("download=False" if not download else "(no network: [Errno -3] Temporary "
+                        "failure in name resolution)")
+    assert bool(offline) == download
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_mnist_and_cifar10_subset_load_from_the_data_env(no_data_env, monkeypatch):
+    root = no_data_env / "mydata"
+    written = write_mnist(root)
+    arrays = write_npz(root / "cifar10-subset", shape=(32, 32, 3), n_train=20, n_test=10, k=10)
+    monkeypatch.setenv(DATA_ROOT_ENV, str(root))
+    s = get_dataset("mnist", download=False, val_fraction=0.0, augment=False)
+    torch.testing.assert_close(s.train[7][0][0], torch.from_numpy(written["train"][0][7]).float() / 255,
+                               rtol=0, atol=0)
+    c = get_dataset("cifar10_subset", val_fraction=0.0, augment=False)
+    assert (len(c.train), len(c.test), c.input_shape) == (20, 10, (3, 32, 32))
+    torch.testing.assert_close(c.test[3][0], torch.from_numpy(arrays["test"][0][3]).permute(2, 0, 1).float() / 255,
+                               rtol=0, atol=0)
+
+
+def test_cifar10_subset_missing_says_where(no_data_env):
+    with pytest.raises(DatasetNotFoundError) as info:
+        get_dataset("cifar10_subset")
+    folder = no_data_env / "xdg" / "lipschitz-lab" / "data" / "cifar10-subset"
+    assert str(info.value) == (f"dataset='cifar10_subset': files not found: put train.npz, test.npz in {folder}, "
+                               f"or set path to this folder, or $LIPSCHITZ_LAB_DATA / data_root to the "
+                               f"folder that holds cifar10-subset/")
+
+
+def test_what_the_ui_needs_to_know():
+    assert [n for n in sorted(DATASETS) if needs_files(n)] == [
+        "cifar10", "cifar100", "cifar10_subset", "mnist", "npz"]
+    assert not needs_files("digits") and dataset_files("digits") is None
+    assert path_option("npz") == "path" and path_option("cifar10_subset") == "path"
+    assert path_option("mnist") is None and path_option("synthetic") is None
+    assert dataset_files("mnist").folder == "MNIST/raw" and dataset_files("mnist").names == MNIST_FILES
+    assert dataset_option_names("npz") == ("path", "augmentation")
+    assert dataset_option_names("synthetic") == ("task", "n", "features", "classes")
+    assert dataset_option_names("mnist") == ()
+    for probe in (needs_files, dataset_option_names, path_option):
+        with pytest.raises(ValueError, match="name='imagenet'"):
+            probe("imagenet")
+
+
+def test_missing_files_is_the_loaders_message_from_the_disk_alone(no_data_env, offline):
+    tmp_path = no_data_env
+    before = sorted(tmp_path.rglob("*"))
+    for name, kwargs in (("mnist", {}), ("cifar10", {"data_root": tmp_path / "d"}), ("cifar10_subset", {}),
+                         ("npz", {"path": tmp_path / "npz"})):
+        msg = missing_files(name, **kwargs)
+        with pytest.raises(DatasetNotFoundError) as info:
+            get_dataset(name, download=False, **kwargs)
+        assert str(info.value) in (msg, msg + "; download=False"), name
+    assert not offline and sorted(tmp_path.rglob("*")) == before        # no download, no folder
+    assert missing_files("npz") == ("data set 'npz' needs path= a folder holding train.npz, test.npz; "
+                                    "got path=None")
+    assert missing_files("digits") is None and missing_files("synthetic", n=50) is None
+    write_mnist(tmp_path / "d")
+    write_npz(tmp_path / "npz")
+    assert missing_files("mnist", data_root=tmp_path / "d") is None
+    assert missing_files("npz", path=tmp_path / "npz") is None
+    assert missing_files("npz", data_root=tmp_path / "npz") is None          # npz: data_root itself
+    with pytest.raises(ValueError, match="no option path="):
+        missing_files("mnist", path=tmp_path)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="the offline MNIST is not here")
+def test_shared_mnist():
+    s = get_dataset("mnist", data_root=SHARED_DATA, download=False, val_fraction=0.0)
+    assert (len(s.train), len(s.test)) == (60_000, 10_000)
+    assert Counter(s.test.targets.tolist())[1] == 1135
 
 
 # ---------------------------------------------------------------- splits

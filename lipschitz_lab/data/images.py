@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from lipschitz_lab.data.registry import DataRequest, DataSplits
 from lipschitz_lab.data.splits import balanced_subset, holdout
+from lipschitz_lab.data.transforms import AUGMENTATIONS, augmentation as make_augmentation
 
 
 class ImageTensorDataset(Dataset):
@@ -25,18 +26,30 @@ class ImageTensorDataset(Dataset):
     torchvision's own data sets, when the image has 1 or 3 channels: PIL warps
     one small image about 100x faster than torch's ``grid_sample``, which also
     slows down badly when its threads compete with the training step.
+
+    ``augmentation`` names the paper's augmentation (``"mnist"``, ``"cifar"``)
+    that ``transform`` performs, so a device loader can do the same per batch
+    (:mod:`.device_augment`) from :meth:`as_tensors`.
     """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor,
-                 transform: Callable | None = None):
+                 transform: Callable | None = None, augmentation: str | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 N x C x H x W, got dtype={images.dtype}, "
                              f"shape={tuple(images.shape)}")
+        if augmentation is not None and augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)} or None; "
+                             f"got augmentation={augmentation!r}")
         if len(images) != len(targets):
             raise ValueError(f"images and targets differ in length: {len(images)} != {len(targets)}")
         self.images = images
         self.targets = targets.to(torch.int64)
         self.transform = transform
+        self.augmentation = augmentation
+
+    def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(uint8 images N x C x H x W, int64 targets N)``; a batch is ``images[i] / 255``."""
+        return self.images, self.targets
 
     def __len__(self) -> int:
         return len(self.images)
@@ -56,8 +69,10 @@ class ImageTensorDataset(Dataset):
 
 def image_splits(name: str, train_x: torch.Tensor, train_y: torch.Tensor,
                  test_x: torch.Tensor, test_y: torch.Tensor, request: DataRequest, *,
-                 num_classes: int, augmentation: Callable | None) -> DataSplits:
+                 num_classes: int, augmentation: str | None) -> DataSplits:
     """Carve validation from train, optionally subset, and augment the train split only.
+
+    ``augmentation``: ``"mnist"`` or ``"cifar"`` (:mod:`.transforms`), or None.
 
     The validation split is stratified by class and drawn first, from the full
     training set, so it does not change with ``train_subset``; the subset of
@@ -72,11 +87,12 @@ def image_splits(name: str, train_x: torch.Tensor, train_y: torch.Tensor,
                              f"pool ({len(keep)} images after the validation split)")
         keep = keep[balanced_subset(labels[keep], request.train_subset, rng)]
 
-    def part(x: torch.Tensor, y: torch.Tensor, idx: np.ndarray | None, transform) -> ImageTensorDataset:
+    def part(x: torch.Tensor, y: torch.Tensor, idx: np.ndarray | None, style: str | None):
         if idx is not None:
             idx = torch.as_tensor(idx, dtype=torch.int64)
             x, y = x[idx], y[idx]
-        return ImageTensorDataset(x, y, transform)
+        transform = None if style is None else make_augmentation(style, tuple(x.shape[2:]))
+        return ImageTensorDataset(x, y, transform, style)
 
     return DataSplits(
         name=name, task="multiclass",

@@ -12,11 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lipschitz_lab.data.files import FILES, DataFiles, locate, require_files
 from lipschitz_lab.data.images import image_splits
-from lipschitz_lab.data.registry import DataRequest, DataSplits, DatasetNotFoundError, register_dataset
-from lipschitz_lab.data.transforms import AUGMENTATIONS, augmentation as make_augmentation
+from lipschitz_lab.data.registry import DataRequest, DataSplits, register_dataset
+from lipschitz_lab.data.transforms import AUGMENTATIONS
 
 NPZ_FILES = ("train.npz", "test.npz")
+SUBSET_FOLDER = "cifar10-subset"
+
+FILES["npz"] = DataFiles(NPZ_FILES, None, path_option="path")
+FILES["cifar10_subset"] = DataFiles(NPZ_FILES, SUBSET_FOLDER, path_option="path")
 
 
 def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,34 +42,31 @@ def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             torch.from_numpy(y.astype(np.int64)))
 
 
-def load_npz_folder(request: DataRequest, folder: Path, augmentation: str) -> DataSplits:
+def load_npz_folder(request: DataRequest, folder: Path, augmentation: str, *,
+                    hint: str = "or set path to the folder that holds them") -> DataSplits:
+    """Read ``folder``/train.npz and test.npz; ``hint`` ends the not-found message."""
     if augmentation not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}; "
                          f"got augmentation={augmentation!r}")
-    missing = [f for f in NPZ_FILES if not (folder / f).is_file()]
-    if missing:
-        raise DatasetNotFoundError(
-            f"{request.name} not found: expected the files {', '.join(NPZ_FILES)} in the folder "
-            f"{folder} (missing: {', '.join(missing)}). Set path to the folder that holds them.")
+    require_files(request, folder, NPZ_FILES, None, hint=hint)
     train_x, train_y = _read(folder / "train.npz")
     test_x, test_y = _read(folder / "test.npz")
     if train_x.shape[1:] != test_x.shape[1:]:
         raise ValueError(f"{folder}: train images are {tuple(train_x.shape[1:])} "
                          f"but test images are {tuple(test_x.shape[1:])}")
     num_classes = int(max(train_y.max(), test_y.max())) + 1
-    size = tuple(train_x.shape[2:])
     return image_splits(request.name, train_x, train_y, test_x, test_y, request,
-                        num_classes=num_classes, augmentation=make_augmentation(augmentation, size))
+                        num_classes=num_classes, augmentation=augmentation)
 
 
 @register_dataset("npz")
 def npz(request: DataRequest, *, path: str | os.PathLike | None = None,
         augmentation: str = "cifar") -> DataSplits:
     """Any ``train.npz``/``test.npz`` folder: ``path``, or else ``data_root`` itself."""
-    folder = path if path is not None else request.data_root
+    folder, hint = locate("npz", request, path)
     if folder is None:
-        raise ValueError("data set 'npz' needs path= a folder holding train.npz and test.npz; got path=None")
-    return load_npz_folder(request, Path(folder).expanduser(), augmentation)
+        raise ValueError("data set 'npz' needs path= a folder holding train.npz, test.npz; got path=None")
+    return load_npz_folder(request, folder, augmentation, hint=hint)
 
 
 @register_dataset("cifar10_subset")
@@ -73,7 +75,7 @@ def cifar10_subset(request: DataRequest, *, path: str | os.PathLike | None = Non
     """The offline class-balanced CIFAR-10 subset: 10,000 train / 2,000 test, 3x32x32.
 
     Folder: ``path``, else ``<data root>/cifar10-subset`` where the data root is
-    resolved as for MNIST (by default ``../shared/data`` from the cwd).
+    resolved as for MNIST (:func:`~lipschitz_lab.data.roots.default_data_root`).
     """
-    folder = Path(path).expanduser() if path is not None else request.root() / "cifar10-subset"
-    return load_npz_folder(request, folder, augmentation)
+    folder, hint = locate("cifar10_subset", request, path)
+    return load_npz_folder(request, folder, augmentation, hint=hint)

@@ -15,14 +15,9 @@ from typing import Any, Callable
 from torch.utils.data import Dataset
 
 from lipschitz_lab._registry import check_options, registrar
+from lipschitz_lab.data.roots import DATA_ROOT_ENV, default_data_root  # noqa: F401 (re-exported)
 
 TASKS = ("multiclass", "binary", "regression")
-
-#: environment variable that points at the folder holding MNIST/, cifar-10-batches-py/, ...
-DATA_ROOT_ENV = "LIPSCHITZ_LAB_DATA"
-
-#: the project's offline copies (see shared/data/README.md), relative to the cwd
-SHARED_DATA_ROOT = Path("../shared/data")
 
 
 class DatasetNotFoundError(ValueError):
@@ -69,14 +64,12 @@ class DataRequest:
     def root(self) -> Path:
         """The folder that holds the data sets' own folders (MNIST/, cifar-10-batches-py/, ...).
 
-        In order: ``data_root``; ``$LIPSCHITZ_LAB_DATA``; ``../shared/data`` when it
-        exists (the project's offline copies); ``./data``.
+        ``data_root`` when given, else :func:`~lipschitz_lab.data.roots.default_data_root`
+        (never relative to the current directory).
         """
         if self.data_root is not None:
             return Path(self.data_root).expanduser()
-        if os.environ.get(DATA_ROOT_ENV):
-            return Path(os.environ[DATA_ROOT_ENV]).expanduser()
-        return SHARED_DATA_ROOT if SHARED_DATA_ROOT.is_dir() else Path("data")
+        return default_data_root()
 
 
 Builder = Callable[..., DataSplits]

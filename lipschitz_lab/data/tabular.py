@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
+from lipschitz_lab.data.memory import PairDataset
 from lipschitz_lab.data.registry import (
     DataRequest, DataSplits, check_choice, check_int, check_bool, register_dataset, TASKS,
 )
@@ -53,9 +53,9 @@ def tabular_splits(name: str, X: np.ndarray, y: np.ndarray, task: str, request: 
 
     X = torch.from_numpy(X)
 
-    def part(idx: np.ndarray) -> TensorDataset:
+    def part(idx: np.ndarray) -> PairDataset:
         idx = torch.as_tensor(idx, dtype=torch.int64)
-        return TensorDataset(X[idx], Y[idx])
+        return PairDataset(X[idx], Y[idx])
 
     return DataSplits(
         name=name, task=task, train=part(train), val=part(val), test=part(test),

@@ -4,6 +4,7 @@ Yedida & Saha used Keras' ``ImageDataGenerator``; these are the torchvision
 equivalents.  They work on PIL images and on tensors alike;
 :class:`~lipschitz_lab.data.images.ImageTensorDataset` hands them PIL images.
 No mean/std normalisation: images are only divided by 255.
+:mod:`.device_augment` draws the same distributions for a whole batch on the device.
 """
 from __future__ import annotations
 
