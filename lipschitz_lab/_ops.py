@@ -27,9 +27,23 @@ def _as_tensor(torch, like, x):
     return torch.as_tensor(x, dtype=dtype, device=like.device)
 
 
+def on_device_of(value, *inputs):
+    """``value`` as a tensor like the first tensor among ``inputs`` (unchanged without one):
+    a generated function that ignores its tensor argument still answers on its device."""
+    torch, like = _torch_of(*inputs)
+    if torch is None or isinstance(value, torch.Tensor):
+        return value
+    return _as_tensor(torch, like, value)
+
+
 def exp(x):
     torch, _ = _torch_of(x)
-    return torch.exp(x) if torch else math.exp(x)
+    if torch:
+        return torch.exp(x)
+    try:
+        return math.exp(x)
+    except OverflowError:   # as torch does: e^x = inf, so 1/(1 + e^x) still gives 0
+        return math.inf
 
 
 def log(x):
@@ -65,6 +79,23 @@ def sigmoid(x):
         return 1.0 / (1.0 + math.exp(-x))
     e = math.exp(x)
     return e / (1.0 + e)
+
+
+def log_sigmoid(x):
+    """log σ(x) = -log(1 + e^{-x}), exact at extreme arguments (no log of 0)."""
+    torch, _ = _torch_of(x)
+    if torch:
+        return torch.nn.functional.logsigmoid(x)
+    return -softplus(-x)
+
+
+def softplus(x):
+    """log(1 + e^x) without overflow."""
+    torch, _ = _torch_of(x)
+    if torch:
+        # F.softplus returns x itself above its threshold: off by log1p(e^-x) in float64
+        return torch.clamp(x, min=0) + torch.log1p(torch.exp(-torch.abs(x)))
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
 def logaddexp(x, y):

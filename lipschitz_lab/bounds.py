@@ -18,33 +18,54 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
-from lipschitz_lab import _generated
+from lipschitz_lab import _generated, _ops
 
 VARIANTS = ("paper", "corrected", "strict")
 KZ_DEFINITIONS = ("frobenius", "max_abs")
-#: (loss, what) -> (function, argument names): the checked-in code plus any use_loss() additions
+#: (loss, what) -> (function, argument names): the checked-in code plus every registered loss
 FUNCTIONS = dict(_generated.FUNCTIONS)
-LOSSES = tuple(dict.fromkeys(loss for loss, _ in FUNCTIONS if loss != "*"))
+#: what a bound's inputs are read from (the batch-loss pieces take z, y, t, lse instead)
+_BOUND_KEYS = ("sup", "smooth", "paper", "corrected", "strict_max_abs", "strict_frobenius")
 
 
-def use_loss(spec) -> str:
-    """Derive a user's :class:`~lipschitz_lab.symbolic.LossSpec` and generate its functions now.
+def loss_names() -> tuple[str, ...]:
+    """Every loss with generated functions: built-ins first, then registered ones in order."""
+    return tuple(dict.fromkeys(loss for loss, _ in FUNCTIONS if loss != "*"))
 
-    The built-in losses come from the checked-in ``_generated.py``; a loss of
-    your own goes through the same derivation and code generator at run time.
-    Returns the loss name, usable wherever a built-in name is.
-    """
-    global LOSSES
-    from lipschitz_lab.symbolic import derive, register_loss
-    from lipschitz_lab.symbolic.codegen import generate_source
-    register_loss(spec)
-    namespace: dict = {}
-    exec(compile(generate_source({spec.name: derive(spec.name)}), f"<generated {spec.name}>", "exec"),
-         namespace)
-    FUNCTIONS.update(namespace["FUNCTIONS"])
-    LOSSES = tuple(dict.fromkeys(loss for loss, _ in FUNCTIONS if loss != "*"))
-    return spec.name
+
+class _LiveNames(Sequence):
+    """``LOSSES``: the loss names as they are now, even when imported before a registration."""
+
+    def __getitem__(self, i):
+        return loss_names()[i]
+
+    def __len__(self):
+        return len(loss_names())
+
+    def __eq__(self, other):
+        return tuple(self) == tuple(other) if isinstance(other, (tuple, list, Sequence)) else NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self):
+        return repr(loss_names())
+
+
+LOSSES = _LiveNames()
+
+
+def use_loss(spec, *, task: str | None = None) -> str:
+    """Register a :class:`~lipschitz_lab.symbolic.LossSpec` everywhere: an alias of
+    :func:`lipschitz_lab.losses.register` (which derives it and generates its code)."""
+    from lipschitz_lab.losses import register
+    return register(spec, task=task)
+
+
+def _install(functions: dict) -> None:
+    """Add a registered loss's generated functions (called by ``losses.register``)."""
+    FUNCTIONS.update(functions)
 
 
 def _check_choice(field: str, value, choices) -> None:
@@ -53,7 +74,7 @@ def _check_choice(field: str, value, choices) -> None:
 
 
 def _function(loss: str, variant: str, kz: str):
-    _check_choice("loss", loss, LOSSES)
+    _check_loss(loss)
     _check_choice("bound", variant, VARIANTS)
     _check_choice("kz", kz, KZ_DEFINITIONS)
     key = (loss, f"strict_{kz}" if variant == "strict" else variant)
@@ -64,12 +85,16 @@ def _function(loss: str, variant: str, kz: str):
 
 def bound_inputs(loss: str) -> tuple[str, ...]:
     """Inputs a loss needs besides K_z, m, lam and w_max (e.g. ``("k",)``)."""
-    _check_choice("loss", loss, LOSSES)
+    _check_loss(loss)
     names: dict[str, None] = {}
     for (name, what), (_, args) in FUNCTIONS.items():
-        if name == loss and what != "dE_dz":
+        if name == loss and what in _BOUND_KEYS:
             names.update(dict.fromkeys(a for a in args if a not in ("K_z", "m")))
     return tuple(names)
+
+
+def _check_loss(loss: str) -> None:
+    _check_choice("loss", loss, loss_names())
 
 
 def _validate(field: str, value, *, minimum: float, strict: bool = False, integer: bool = False):
@@ -89,6 +114,21 @@ def _validate(field: str, value, *, minimum: float, strict: bool = False, intege
         raise ValueError(f"{field} must be {op} {minimum:g}; got {field}={value!r}")
 
 
+def _validate_params(args, given: dict) -> None:
+    """m always; k, K_a, y_norm and eps where the function takes them."""
+    _validate("m", given["m"], minimum=0, strict=True, integer=True)
+    if "k" in args:
+        _validate("k", given["k"], minimum=2, integer=True)
+    for name in ("K_a", "y_norm"):
+        if name in args:
+            _validate(name, given[name], minimum=0)
+    if "eps" in args:
+        eps = given["eps"]
+        _validate("eps", eps, minimum=0)
+        if not hasattr(eps, "dtype") and eps >= 1:
+            raise ValueError(f"eps must be < 1; got eps={eps!r}")
+
+
 def lipschitz_bound(loss: str, variant: str = "paper", *, K_z, m, k=None, K_a=None,
                     y_norm=None, eps=None, lam=0.0, w_max=0.0, kz: str = "frobenius"):
     r"""L, including the weight-decay term :math:`\lambda \cdot \max\|w\|`.
@@ -99,21 +139,30 @@ def lipschitz_bound(loss: str, variant: str = "paper", *, K_z, m, k=None, K_a=No
     fn, args = _function(loss, variant, kz)
     given = {"K_z": K_z, "m": m, "k": k, "K_a": K_a, "y_norm": y_norm, "eps": eps}
     _validate("K_z", K_z, minimum=0)
-    _validate("m", m, minimum=0, strict=True, integer=True)
-    if "k" in args:
-        _validate("k", k, minimum=2, integer=True)
-    for name in ("K_a", "y_norm"):
-        if name in args:
-            _validate(name, given[name], minimum=0)
-    if "eps" in args:
-        _validate("eps", eps, minimum=0)
-        if not hasattr(eps, "dtype") and eps >= 1:
-            raise ValueError(f"eps must be < 1; got eps={eps!r}")
+    _validate_params(args, given)
     _validate("lam", lam, minimum=0)
     _validate("w_max", w_max, minimum=0)
     L = fn(**{a: given[a] for a in args})
     wd_fn, wd_args = FUNCTIONS[("*", "weight_decay")]
     return L + wd_fn(**{"lam": lam, "w_max": w_max})
+
+
+def smoothness_bound(loss: str, *, m, k=None, eps=None):
+    r"""S₂, the supremum of the loss's second derivative in the logits.
+
+    .. math::
+
+        S_2 = \sup_z \|\nabla^2_z E\|_2
+
+    (for softmax losses the spectral norm of the Hessian in a sample's k
+    logits).  A float, or a tensor on the inputs' device for tensor inputs
+    (no host sync).  Derived in :mod:`lipschitz_lab.symbolic.smoothness`.
+    """
+    _check_loss(loss)
+    fn, args = FUNCTIONS[(loss, "smooth")]
+    given = {"m": m, "k": k, "eps": eps}
+    _validate_params(args, given)
+    return _ops.on_device_of(fn(**{a: given[a] for a in args}), m, k, eps)
 
 
 def learning_rate(L, *, min_lr: float | None = None, max_lr: float | None = None):
@@ -146,12 +195,12 @@ def learning_rate(L, *, min_lr: float | None = None, max_lr: float | None = None
 
 def derivative(loss: str):
     """The generated dE/dz of a loss and its argument names (for plots and tests)."""
-    _check_choice("loss", loss, LOSSES)
+    _check_loss(loss)
     return FUNCTIONS[(loss, "dE_dz")]
 
 
 def supremum(loss: str, **params):
     """The derived sup |dE/dz| of a loss at these parameters."""
-    _check_choice("loss", loss, LOSSES)
+    _check_loss(loss)
     fn, args = FUNCTIONS[(loss, "sup")]
     return fn(**{a: params[a] for a in args})

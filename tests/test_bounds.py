@@ -61,3 +61,27 @@ def test_negative_paper_mse_bound_is_clamped_and_reported():
     assert learning_rate(L, max_lr=0.5) == (0.5, "L<0")
     with pytest.raises(ValueError, match="negative"):
         learning_rate(L)
+
+
+def test_smoothness_bound_validates_like_the_bounds():
+    from lipschitz_lab.bounds import smoothness_bound
+    with pytest.raises(ValueError, match="m"):
+        smoothness_bound("bce", m=0)
+    with pytest.raises(ValueError, match="m"):
+        smoothness_bound("softmax_ce", m=2.5)
+    with pytest.raises(ValueError, match="loss"):
+        smoothness_bound("hinge", m=1)
+    assert smoothness_bound("bce", m=4) < smoothness_bound("softmax_ce", m=4) < smoothness_bound("mse", m=4)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_smoothness_bound_answers_on_the_tensors_device(device):
+    """A tensor in gives a tensor out, on its device (meta: no host sync is possible)."""
+    import torch
+    from lipschitz_lab.bounds import smoothness_bound
+    for kwargs in ({"m": torch.tensor(8.0, device=device)},
+                   {"m": 8, "k": torch.tensor(10.0, device=device)}):   # k unused by S2: still a tensor
+        S2 = smoothness_bound("softmax_ce", **kwargs)
+        assert isinstance(S2, torch.Tensor) and S2.device.type == device
+        if device == "cpu":
+            assert S2.item() == smoothness_bound("softmax_ce", m=8)

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
 from torch import nn
 
 from lipschitz_lab import LipschitzLR
@@ -15,53 +14,10 @@ from lipschitz_lab.bounds import learning_rate, lipschitz_bound
 from lipschitz_lab.losses import make_criterion
 from lipschitz_lab.probe import DivergenceError
 from lipschitz_lab.scheduler import EMAOptions
+from train_helpers import batches, dataset, mlp, run
 
 
-# -- data and models ---------------------------------------------------------
-def dataset(name):
-    """Standardised features (and mse target) as float32 tensors."""
-    if name == "digits":
-        X, y = load_digits(return_X_y=True)
-        y_t = torch.tensor(y, dtype=torch.long)
-    elif name == "breast_cancer":
-        X, y = load_breast_cancer(return_X_y=True)
-        y_t = torch.tensor(y, dtype=torch.float32)
-    else:
-        X, y = load_diabetes(return_X_y=True)
-        y_t = torch.tensor((y - y.mean()) / y.std(), dtype=torch.float32)
-    X = (X - X.mean(0)) / (X.std(0) + 1e-8)
-    return torch.tensor(X, dtype=torch.float32), y_t
-
-
-def batches(X, y, size, seed):
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(X), generator=g)
-    return [(X[idx[i:i + size]], y[idx[i:i + size]]) for i in range(0, len(X), size)]
-
-
-def mlp(d, out, seed=0, hidden=32):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, out))
-
-
-def run(model, opt, sched, crit, epochs, *, start_epoch=0, skip=0, stop=None):
-    """The standard loop; returns the step records.  ``epochs[e]`` is a batch list."""
-    records = []
-    for e in range(start_epoch, len(epochs)):
-        for i, (x, y) in enumerate(epochs[e]):
-            if e == start_epoch and i < skip:
-                continue
-            if stop is not None and (e, i) == stop:
-                return records
-            out = model(x)
-            loss = crit(out, y)
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            records.append(sched.last_record)
-        sched.epoch_end()
-    return records
+# -- data, models and the loop: tests/train_helpers.py -----------------------
 
 
 def paper_softmax_lr(K_z, k, m, lam, w_max):

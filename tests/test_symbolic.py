@@ -157,31 +157,35 @@ def test_verdict_flips_when_the_claim_is_true():
 
 @pytest.mark.parametrize("name", ["mse", "bce", "softmax_ce"])
 def test_paper_fails_and_witness_checks_out_with_autograd(name):
+    """The witness (found at m = 1) realised in a batch of M copies: autograd's dE/dz there
+    beats the paper's value at m = M, and equals the engine's value scaled by 1/M."""
     d = derive(name)
     assert d.paper_holds is False
     w = d.witness
     pt, prm = w["point"], w["params"]
+    assert prm["m"] == 1
+    M = 4                                              # the batch the witness is realised in
     if name == "softmax_ce":
         kk = prm["k"]
         # realise (z, r, t) as a real k-logit vector: unit 0 has z, the others share r
-        logits = torch.full((1, kk), pt["r"] - math.log(kk - 1))
-        logits[0, 0] = pt["z"]
-        label = torch.tensor([0 if pt["t"] == 1 else 1])
-        logits.requires_grad_()
+        row = torch.full((kk,), pt["r"] - math.log(kk - 1))
+        row[0] = pt["z"]
+        logits = row.repeat(M, 1).requires_grad_()
+        label = torch.full((M,), 0 if pt["t"] == 1 else 1)
         (g,) = torch.autograd.grad(F.cross_entropy(logits, label), logits)
-        value = g[0, 0].item() * prm["m"] / 1  # m = 1 sample
-        claim = (kk - 1) / (kk * prm["m"])
-    elif name == "bce":
-        z = torch.tensor([float(pt["z"])], requires_grad=True)
-        (g,) = torch.autograd.grad(make_criterion("bce")(z, torch.tensor([float(pt["y"])])), z)
-        value, claim = g.item(), 1 / (2 * prm["m"])
+        value = g[0, 0].item()
+        claim = bounds.lipschitz_bound(name, "paper", K_z=1.0, m=M, k=kk)     # L / K_z
     else:
-        z = torch.tensor([float(pt["z"])], requires_grad=True)
-        (g,) = torch.autograd.grad(make_criterion("mse")(z, torch.tensor([float(pt["y"])])), z)
-        value, claim = g.item(), (prm["K_a"] - prm["y_norm"]) / prm["m"]
-        assert abs(pt["z"]) <= prm["K_a"] and abs(pt["y"]) <= prm["y_norm"]
+        z = torch.full((M,), float(pt["z"]), requires_grad=True)
+        (g,) = torch.autograd.grad(make_criterion(name)(z, torch.full((M,), float(pt["y"]))), z)
+        value = g[0].item()
+        extra = {"K_a": prm["K_a"], "y_norm": prm["y_norm"]} if name == "mse" else {}
+        claim = bounds.lipschitz_bound(name, "paper", K_z=1.0, m=M, **extra)
+        if name == "mse":
+            assert abs(pt["z"]) <= prm["K_a"] and abs(pt["y"]) <= prm["y_norm"]
     assert abs(value) > claim
-    assert abs(abs(value) - abs(w["derivative"])) < 1e-9
+    assert abs(value) * M == pytest.approx(abs(w["derivative"]), rel=1e-12)
+    assert abs(value) / claim == pytest.approx(w["ratio"], rel=1e-12)
 
 
 def test_paper_points_reproduce_the_papers_values():
@@ -214,15 +218,20 @@ def test_strict_bound_holds_for_adversarial_batches():
 
 
 def test_a_users_loss_gets_the_same_treatment():
-    """The README's example: a loss of one's own, derived and generated at run time."""
+    """A loss of one's own, derived and generated at run time (bounds.use_loss, an alias)."""
+    from lipschitz_lab import losses
     from lipschitz_lab.symbolic import LossSpec, finite, real_line
     from lipschitz_lab.symbolic.symbols import y, z
     spec = LossSpec(name="logistic_pm1", title="logistic", loss=sp.log(1 + sp.exp(-y * z)) / m,
                     wrt=z, variables=(real_line(z), finite(y, (-1, 1))))
-    assert bounds.use_loss(spec) == "logistic_pm1"
-    assert bounds.lipschitz_bound("logistic_pm1", "corrected", K_z=3.0, m=32) == 3 / 32
-    fn, _ = bounds.derivative("logistic_pm1")
-    zt = torch.linspace(-30, 30, 101, requires_grad=True)
-    yt = torch.where(torch.arange(101) % 2 == 0, 1.0, -1.0)
-    (g,) = torch.autograd.grad(F.softplus(-yt * zt).mean(), zt)
-    torch.testing.assert_close(fn(z=zt.detach(), y=yt, m=101), g)
+    try:
+        assert bounds.use_loss(spec) == "logistic_pm1"
+        assert bounds.lipschitz_bound("logistic_pm1", "corrected", K_z=3.0, m=32) == 3 / 32
+        fn, _ = bounds.derivative("logistic_pm1")
+        zt = torch.linspace(-30, 30, 101, requires_grad=True)
+        yt = torch.where(torch.arange(101) % 2 == 0, 1.0, -1.0)
+        (g,) = torch.autograd.grad(F.softplus(-yt * zt).mean(), zt)
+        torch.testing.assert_close(fn(z=zt.detach(), y=yt, m=101), g)
+    finally:
+        losses.unregister("logistic_pm1")
+    assert "logistic_pm1" not in bounds.loss_names()

@@ -15,12 +15,30 @@ from lipschitz_lab.symbolic.spec import LossSpec
 LOSS_SPECS: dict[str, LossSpec] = {spec.name: spec for spec in BUILTIN}
 
 
+BUILTIN_NAMES = tuple(spec.name for spec in BUILTIN)
+
+
 def register_loss(spec: LossSpec) -> LossSpec:
-    """Add a loss; ``derive(spec.name)`` then treats it like the built-in ones."""
+    """Add a loss; ``derive(spec.name)`` then treats it like the built-in ones.
+
+    This is the symbolic half only: :func:`lipschitz_lab.losses.register` also
+    generates its numeric functions and criterion, so that training knows it.
+    """
+    if not isinstance(spec, LossSpec):
+        raise ValueError(f"spec must be a LossSpec; got spec={spec!r}")
     if not spec.name.isidentifier():
         raise ValueError(f"loss name must be an identifier, got name={spec.name!r}")
+    if spec.name in BUILTIN_NAMES:
+        raise ValueError(f"name={spec.name!r} is a built-in loss; give yours another name")
     LOSS_SPECS[spec.name] = spec
     return spec
+
+
+def unregister_loss(name: str) -> None:
+    """Forget a registered loss (built-ins stay)."""
+    if name in BUILTIN_NAMES:
+        raise ValueError(f"name={name!r} is a built-in loss and cannot be removed")
+    LOSS_SPECS.pop(name, None)
 
 
 _CACHE: dict[int, tuple[LossSpec, Derivation]] = {}
@@ -43,8 +61,14 @@ def derive(loss: str | LossSpec) -> Derivation:
 
 
 def derive_all() -> dict[str, Derivation]:
+    """Every loss: the built-ins, then the registered ones."""
     return {name: derive(name) for name in LOSS_SPECS}
 
 
-__all__ = ["Derivation", "LossSpec", "LOSS_SPECS", "Var", "derive", "derive_all",
-           "finite", "interval", "real_line", "register_loss"]
+def derive_builtin() -> dict[str, Derivation]:
+    """The built-in losses only: what ``_generated.py`` and ``derivations/`` hold."""
+    return {name: derive(name) for name in BUILTIN_NAMES}
+
+
+__all__ = ["BUILTIN_NAMES", "Derivation", "LossSpec", "LOSS_SPECS", "Var", "derive", "derive_all",
+           "derive_builtin", "finite", "interval", "real_line", "register_loss", "unregister_loss"]

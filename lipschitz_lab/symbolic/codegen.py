@@ -11,12 +11,13 @@ from pathlib import Path
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
+from lipschitz_lab.symbolic.functions import sigmoid
 from lipschitz_lab.symbolic.symbols import K_z, lam, w_max
 
 GENERATED_PATH = Path(__file__).resolve().parents[1] / "_generated.py"
 
 #: order of arguments in generated signatures (the project's vocabulary)
-ARG_ORDER = ("z", "r", "t", "y", "c", "K_z", "K_a", "y_norm", "m", "k", "eps", "lam", "w_max")
+ARG_ORDER = ("z", "r", "t", "y", "c", "lse", "K_z", "K_a", "y_norm", "m", "k", "eps", "lam", "w_max")
 
 
 class _Printer(PythonCodePrinter):
@@ -29,6 +30,14 @@ class _Printer(PythonCodePrinter):
         return self._ops("exp", expr)
 
     def _print_log(self, expr):
+        # the stable forms: log σ(x), log(1 - σ(x)) = log σ(-x) and log(1 + e^x) never overflow
+        arg = expr.args[0]
+        if isinstance(arg, sigmoid):
+            return "_ops.log_sigmoid(%s)" % self._print(arg.args[0])
+        if isinstance(1 - arg, sigmoid):
+            return "_ops.log_sigmoid(%s)" % self._print(-(1 - arg).args[0])
+        if isinstance(arg - 1, sp.exp):
+            return "_ops.softplus(%s)" % self._print((arg - 1).args[0])
         return self._ops("log", expr)
 
     def _print_Abs(self, expr):
@@ -49,6 +58,14 @@ class _Printer(PythonCodePrinter):
         if expr.exp == -sp.S.Half:
             return "(1/_ops.sqrt(%s))" % self._print(expr.base)
         return super()._print_Pow(expr, rational=rational)
+
+
+#: what each batch-loss piece is (binding.criterion_parts)
+_PIECES = {
+    "E": "batch loss = sum over samples of E(z_i, y_i)",
+    "E_unit": "batch loss, unit part: summed over samples and units",
+    "E_norm": "batch loss, normaliser part: summed over samples, lse = logsumexp of the logits",
+}
 
 
 def _args(expr: sp.Expr, always=()) -> tuple[str, ...]:
@@ -82,9 +99,15 @@ def generate_source(derivations: dict) -> str:
         parts.append("\n" + src)
         table.append(f"    {key!r}: ({fname}, {args!r}),\n")
 
+    info: list[str] = []
     for name, d in derivations.items():
         emit((name, "dE_dz"), f"{name}_dE_dz", d.derivative, "dE/dz")
         emit((name, "sup"), f"{name}_sup", d.sup.value, "sup |dE/dz|", always=("m",))
+        emit((name, "smooth"), f"{name}_smooth", d.smoothness.value,
+             "S2 = sup ||d2E/dz2||" + ("" if d.smoothness.tight else " (an upper bound)"), always=("m",))
+        for piece, expr in d.criterion.items():
+            emit((name, piece), f"{name}_{piece}", expr, _PIECES[piece])
+        info.append(f"    {name!r}: {d.info!r},\n")
         if d.paper_bound is not None:
             emit((name, "paper"), f"{name}_L_paper", d.paper_bound,
                  f"L as published ({d.spec.paper_equation})", always=("K_z",))
@@ -98,6 +121,9 @@ def generate_source(derivations: dict) -> str:
     emit(("*", "weight_decay"), "weight_decay", wd, "lam/2 |w|^2 adds lam * w_max")
     parts.append("\n\n#: (loss, what) -> (function, argument names)\nFUNCTIONS = {\n")
     parts.extend(table)
+    parts.append("}\n\n#: loss -> how the lab feeds it a batch, its task, a binary target's label values\n"
+                 "LOSS_INFO = {\n")
+    parts.extend(info)
     parts.append("}\n")
     return "".join(parts)
 

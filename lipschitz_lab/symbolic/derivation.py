@@ -10,9 +10,12 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from lipschitz_lab.symbolic.binding import batch_of, criterion_parts, infer_task, label_values
 from lipschitz_lab.symbolic.domain import Var, interval
 from lipschitz_lab.symbolic.proofs import abs_value, is_nonnegative
+from lipschitz_lab.symbolic.smoothness import Smoothness, derive_smoothness
 from lipschitz_lab.symbolic.spec import LossSpec
+from lipschitz_lab.symbolic.step_witness import find_step_witness
 from lipschitz_lab.symbolic.supremum import Supremum, supremum_abs
 from lipschitz_lab.symbolic.symbols import K_z, a, b, lam, m, w, w_max
 from lipschitz_lab.symbolic.witness import find_witness
@@ -42,6 +45,9 @@ class Derivation:
     corrected_bound: sp.Expr            # sup · K_z (same framework as the paper)
     strict_bounds: dict[str, sp.Expr]   # rigorous bound on the mean-over-batch gradient
     weight_decay: sp.Expr               # lam * w_max, derived
+    smoothness: Smoothness              # S₂ = sup ‖∇²_z E‖₂, the gradient's Lipschitz constant in z
+    paper_rate_witness: dict | None     # a batch where one step at 1/L_paper raises the loss
+    criterion: dict[str, sp.Expr]       # the batch loss's pieces (binding.criterion_parts)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -51,6 +57,14 @@ class Derivation:
     @property
     def paper_bound(self) -> sp.Expr | None:
         return self.spec.paper_bound
+
+    @property
+    def info(self) -> dict:
+        """How the lab uses the loss: its binding, task and (binary) label values."""
+        labels = label_values(self.spec)
+        return {"batch": batch_of(self.spec), "task": infer_task(self.spec),
+                "labels": None if labels is None else tuple(int(v) if v.is_integer else float(v)
+                                                            for v in labels)}
 
     def bound(self, variant: str, kz: str = "frobenius") -> sp.Expr | None:
         """L without the weight-decay term, in a variant."""
@@ -94,6 +108,7 @@ def _value_at(f: sp.Expr, point: dict, variables) -> sp.Expr:
 
 
 def derive_spec(spec: LossSpec) -> Derivation:
+    criterion = criterion_parts(spec)   # first: a spec in the wrong coordinates fails here
     notes: list[str] = []
     steps = [Step("Loss", "E", spec.loss)]
     quotient = quotient_sup = None
@@ -138,5 +153,9 @@ def derive_spec(spec: LossSpec) -> Derivation:
     corrected = sp.simplify(sup.value * K_z)
     strict = _strict_bounds(sup.value)
     wd = _weight_decay_term()
+    smooth = derive_smoothness(spec, derivative)
+    notes += smooth.notes
+    step_witness = find_step_witness(spec, derivative)
     return Derivation(spec, steps, derivative, sup, quotient, quotient_sup, paper_sup,
-                      paper_point_value, paper_holds, proof, witness, corrected, strict, wd, notes)
+                      paper_point_value, paper_holds, proof, witness, corrected, strict, wd,
+                      smooth, step_witness, criterion, notes)

@@ -32,7 +32,9 @@ def is_nonnegative(expr: sp.Expr) -> bool | None:
     if expr.is_number:
         return bool(expr >= 0) if expr.is_real else None
     e = _reparametrise(expr)
-    for form in (lambda x: x, sp.factor, lambda x: sp.factor(sp.together(sp.expand(x)))):
+    # the exp form decides signs that the custom functions hide, e.g. σ(x)(1 - σ(x)) >= 0
+    for form in (lambda x: x, sp.factor, lambda x: sp.factor(sp.together(sp.expand(x))),
+                 lambda x: sp.factor(sp.together(x.rewrite(sp.exp)))):
         verdict = form(e).is_nonnegative
         if verdict is not None:
             return verdict

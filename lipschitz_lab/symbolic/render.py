@@ -30,6 +30,7 @@ def to_latex(d: Derivation) -> str:
     if d.paper_sup is not None:
         rows.append(r"\text{paper (%s)} &= %s && \text{claimed } \sup" % (d.spec.paper_equation, _tex(d.paper_sup)))
     rows.append(r"L_\text{corrected} &= %s" % _tex(d.corrected_bound + d.weight_decay))
+    rows.append(r"S_2 &= %s && \text{sup of the second derivative in the logits}" % _tex(d.smoothness.value))
     return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
 
 
@@ -90,9 +91,93 @@ def to_markdown(d: Derivation) -> str:
                 "K_z = 206.695, max‖w‖ = 43.257, k = 10, m = 128, λ = 1e-3:", "",
                 f"- paper: L = {float(paper_L):.5f}, lr = {1 / float(paper_L):.3f} (the paper reports 0.668)",
                 f"- corrected: L = {float(corr_L):.5f}, lr = {1 / float(corr_L):.3f}", ""]
+    out += smoothness_markdown(d) + step_markdown(d)
     if d.notes:
         out += ["## Engine notes", ""] + [f"- {n}" for n in d.notes] + [""]
     return "\n".join(out)
+
+
+def _g(x) -> str:
+    return f"{x:.7g}" if isinstance(x, float) else str(x)
+
+
+def _pairs(mapping: dict) -> str:
+    return ", ".join(f"{key} = {_g(val)}" for key, val in mapping.items())
+
+
+def smoothness_witness_text(sm) -> str:
+    wit = sm.witness
+    if not wit:
+        return "none"
+    if "approach" not in wit:
+        return (f"at {_pairs(wit['point'])} (with {_pairs(wit['params'])}): "
+                f"|d2E/dz2| = {_g(wit['value'])} = S2 = {_g(wit['S2'])}")
+    if "logits" not in wit["approach"][0]:
+        steps = "; ".join(f"{_pairs(a['point'])}: {_g(a['value'])}" for a in wit["approach"])
+        return f"with {_pairs(wit['params'])}, |d2E/dz2| approaches S2 = {_g(wit['S2'])}: {steps}"
+    steps = "; ".join(f"logits ({', '.join(map(str, a['logits']))}): {a['spectral_norm']:.10g}"
+                      for a in wit["approach"])
+    return (f"with {_pairs(wit['params'])} and label {wit['label']}, the spectral norm of the "
+            f"Hessian approaches S2 = {_g(wit['S2'])} as {wit['limit']}: {steps}")
+
+
+def smoothness_markdown(d: Derivation) -> list[str]:
+    sm = d.smoothness
+    out = ["## Smoothness: how fast the gradient can change", "",
+           "Gradient-descent theory needs the Lipschitz constant of the gradient, not of the loss: "
+           "$S_2 = \\sup \\|\\nabla^2_z E\\|_2$ over the last layer's outputs z. "
+           f"Method: {sm.method}.", ""]
+    for i, (title, lhs, rhs) in enumerate(sm.steps, 1):
+        out += [f"{i}. {title}:", "", f"   $$ {lhs} = {_tex(rhs)} $$", ""]
+    how = ("attained" if sm.attained else "approached in a limit") if sm.tight else \
+        "an upper bound, not shown to be reached"
+    out += [f"$S_2 = {_tex(sm.value)}$ ({how}).", "", f"Witness: {smoothness_witness_text(sm)}", ""]
+    return out
+
+
+def step_markdown(d: Derivation) -> list[str]:
+    out = ["## One gradient step at the paper's rate", ""]
+    wit = d.paper_rate_witness
+    if d.paper_bound is None:
+        return out + ["The paper gives no rate for this loss.", ""]
+    if wit is None:
+        return out + ["No batch found where one step at $1/L_{paper}$ raises the loss "
+                      "(searched m <= 4 rows, d <= 2 features).", ""]
+    targets = wit.get("labels", wit.get("targets"))
+    out += [f"A batch ({_pairs(wit['params'])}) where one step $W \\leftarrow W - \\frac{{1}}{{L}}"
+            f"\\frac{{\\partial E}}{{\\partial W}}$, $b \\leftarrow b - \\frac{{1}}{{L}}"
+            f"\\frac{{\\partial E}}{{\\partial b}}$ with $L = L_{{paper}}$ raises the loss "
+            "(30-digit arithmetic):", "",
+            f"- A = {wit['A']}, W = {wit['W']}, b = {wit['b']}, "
+            f"{'labels' if 'labels' in wit else 'targets'} = {targets}",
+            f"- E before the step: {_g(wit['loss_before'])}"]
+    if "K_a" in wit:
+        out.append(f"- K_a = ‖z‖₂ = {_g(wit['K_a'])}, y_norm = ‖y‖₂ = {_g(wit['y_norm'])}")
+    for kz, st in wit["steps"].items():
+        name = "‖A‖_F" if kz == "frobenius" else "max|a|"
+        out.append(f"- K_z = {name} = {_g(st['K_z'])}: L_paper = {_g(st['L_paper'])}, "
+                   f"lr = {_g(st['lr'])}, E after = {_g(st['loss_after'])}")
+    return out + [""]
+
+
+def readme_table(derivations: dict) -> str:
+    """The README's table of findings (``lipschitz-lab derive --table``), from the engine."""
+    rows = ["| loss | paper's sup \\|∂E/∂z\\| | derived sup | paper's claim | "
+            "S₂ = sup ‖∇²_z E‖ | one step at lr = 1/L_paper |", "|---|---|---|---|---|---|"]
+    for name, d in derivations.items():
+        eq = f" ({d.spec.paper_equation})" if d.spec.paper_equation else ""
+        claim = {True: "holds", False: "fails",
+                 None: "not in the paper" if d.paper_sup is None else "undecided"}
+        wit = d.paper_rate_witness
+        step = "no paper rate" if d.paper_bound is None else "no witness found" if wit is None else (
+            f"E: {_g(wit['loss_before'])} → {_g(wit['steps']['frobenius']['loss_after'])} "
+            f"({_pairs(wit['params'])})")
+        paper = "—" if d.paper_sup is None else sp.sstr(d.paper_sup)
+        rows.append(f"| `{name}`{eq} | {paper} | {sp.sstr(d.sup.value)} | {claim[d.paper_holds]} | "
+                    f"{sp.sstr(d.smoothness.value)} | {step} |")
+    rows.append("")
+    rows += [f"- `{name}`: {witness_text(d.witness)}" for name, d in derivations.items() if d.witness]
+    return "\n".join(rows)
 
 
 def to_json(d: Derivation) -> dict:
@@ -111,4 +196,10 @@ def to_json(d: Derivation) -> dict:
         "verdict": d.paper_proof,
         "witness": d.witness,
         "inputs": list(d.spec.inputs),
+        "smoothness_bound": str(d.smoothness.value),
+        "smoothness": {"method": d.smoothness.method, "tight": d.smoothness.tight,
+                       "attained": d.smoothness.attained, "witness": d.smoothness.witness,
+                       "steps": [{"title": t, "value": str(e)} for t, _, e in d.smoothness.steps]},
+        "paper_rate_witness": d.paper_rate_witness,
+        **d.info,
     }

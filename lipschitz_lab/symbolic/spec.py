@@ -18,6 +18,12 @@ class LossSpec:
     them.  ``paper_bound`` is L as published (None if the paper has none);
     ``paper_point`` is where the paper evaluated the derivative, if it did.
     ``inputs`` are the parameters a user supplies besides K_z and m.
+
+    ``batch`` says how a batch of network outputs maps onto the loss's
+    coordinates (:mod:`lipschitz_lab.symbolic.binding`): ``"elementwise"``
+    (one output z per sample, target y) or ``"softmax"`` (k logits per sample;
+    unit p has z = z_p, r = log-sum-exp of the others, t = [y = p]).  None
+    infers it: a loss in r is a softmax loss.
     """
 
     name: str
@@ -31,6 +37,11 @@ class LossSpec:
     paper_point: dict | None = None
     quotient: bool = False          # also derive the Lipschitz quotient of eq. 8
     notes: tuple[str, ...] = field(default_factory=tuple)
+    batch: str | None = None        # "elementwise" | "softmax"; None: inferred
+
+    def __post_init__(self):
+        if self.batch not in (None, "elementwise", "softmax"):
+            raise ValueError(f"batch must be 'elementwise' or 'softmax'; got batch={self.batch!r}")
 
     def scaled(self, factor) -> "LossSpec":
         """The same loss multiplied by ``factor`` (its bound must scale too)."""

@@ -63,6 +63,23 @@ def _inside(value: sp.Expr, var: Var) -> bool:
     return lo_ok and hi_ok
 
 
+def _representative(sol: dict, cvars: list[Var]) -> dict | None:
+    """One point of a family of critical points (e.g. ``{r: z}`` when f depends on z - r).
+
+    grad f = 0 all along a connected family, so f is constant on it and one
+    point stands for all: each free variable goes to 0 when 0 is in its
+    interval, else to a finite end.
+    """
+    free = [v for v in cvars if v.symbol not in sol]
+    pick = {}
+    for v in free:
+        if v.discrete:
+            return None
+        zero_inside = (v.lo is -sp.oo or is_nonnegative(-v.lo)) and (v.hi is sp.oo or is_nonnegative(v.hi))
+        pick[v.symbol] = sp.S(0) if zero_inside else (v.lo if v.lo is not -sp.oo else v.hi)
+    return {**pick, **{s: sp.simplify(sp.sympify(e).subs(pick)) for s, e in sol.items()}}
+
+
 def _continuous_candidates(f, cvars: list[Var], point: tuple, notes: list[str]):
     f = sp.simplify(f)
     if not cvars:
@@ -78,8 +95,9 @@ def _continuous_candidates(f, cvars: list[Var], point: tuple, notes: list[str]):
             solutions = []
             notes.append(f"solve could not find critical points of {f}; faces only")
         for sol in solutions:
-            if len(sol) < len(symbols):
-                continue  # a degenerate family: its values also appear on the faces
+            sol = _representative(sol, cvars)
+            if sol is None:
+                continue
             if all(_inside(sp.simplify(sol[v.symbol]), v) for v in cvars):
                 yield Candidate(sp.simplify(f.subs(sol)),
                                 point + tuple((s, sol[s]) for s in symbols), "critical point")

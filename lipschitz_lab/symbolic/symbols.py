@@ -42,3 +42,4 @@ c = sp.Symbol("c", real=True)    # terms of E that do not depend on z
 a = sp.Symbol("a", real=True)    # output activation (eq. 8)
 b = sp.Symbol("b", real=True)    # second output activation (eq. 8)
 w = sp.Symbol("w", real=True)    # one weight (weight-decay term)
+lse = sp.Symbol("lse", real=True)  # log-sum-exp of all k logits of a sample (softmax criteria)
