@@ -1,4 +1,6 @@
-"""The static report: one self-contained HTML file per run, registered as an artifact."""
+"""The static report: one self-contained HTML file per run, registered as an artifact,
+that uses the page's width and shows its own data (checked in Chromium; screenshots in
+test-artifacts/figures/, git-ignored)."""
 from __future__ import annotations
 
 import json
@@ -7,10 +9,12 @@ import re
 
 import pytest
 
+from bokeh_page import BokehPage, chromium, disjoint, y_axis
 from lipschitz_lab.records import epoch_record, step_record
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.ui import write_report
-from lipschitz_lab.ui.figures import TITLES, RunFigures
+from lipschitz_lab.ui.figures import BOUND_FIGURES, TITLES, RunFigures
+from test_figures import hard_run
 
 
 @pytest.fixture
@@ -27,7 +31,8 @@ def lipschitz_run(store: RunStore, n_steps: int = 40, per_epoch: int = 10) -> st
         L = 2.0 + 0.1 * s
         recs.append(step_record(step=s, epoch=s // per_epoch, lr=1 / L, K_z=10.0 + s, L=L, bound="paper",
                                 grad_last=0.5, grad_layers={"0": 0.3, "2": 0.5}, clamped=None,
-                                L_paper=L, L_corrected=1.1 * L, L_strict=3 * L, loss=2.0 - 0.03 * s, acc=0.02 * s))
+                                L_paper=L, L_corrected=1.1 * L, L_strict=3 * L, loss=2.0 - 0.03 * s, acc=0.02 * s,
+                                beta=4 * L, sigma_max=2.0, lr_smooth=1 / (4 * L)))
         if s % per_epoch == per_epoch - 1:
             e = s // per_epoch
             recs.append(epoch_record(epoch=e, step=s + 1, lr=1 / L, train_loss=1.5 - 0.1 * e, train_acc=0.5 + 0.1 * e,
@@ -51,6 +56,14 @@ def embedded_docs(text: str) -> dict:
     """The Bokeh document JSON that file_html embeds."""
     (payload,) = re.findall(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', text, re.S)
     return json.loads(payload)
+
+
+def strings(node) -> set[str]:
+    """Every string in the embedded document (titles, labels, ...)."""
+    if isinstance(node, str):
+        return {node}
+    values = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    return set().union(*(strings(v) for v in values)) if values else set()
 
 
 def columns(text: str, name: str) -> list[dict]:
@@ -83,8 +96,9 @@ def test_the_report_is_one_self_contained_file_with_every_figure(store):
     assert not re.search(r"<script[^>]+src=", text), "a script is loaded from elsewhere"
     assert not re.search(r"<link[^>]+href=[\"']https?:", text)
     assert run_id in text and "lipschitz run" in text
+    drawn = strings(embedded_docs(text))
     for title in TITLES.values():
-        assert title in text, title
+        assert title in drawn, title
     assert store.artifacts(run_id) == {"report": str(path)}
 
 
@@ -97,6 +111,7 @@ def test_the_report_holds_the_runs_numbers(store):
     assert steps["lr"] == [r["lr"] for r in recs]
     assert steps["L_corrected"] == [r["L_corrected"] for r in recs]
     assert steps["gap"] == pytest.approx([r["grad_last"] / r["L"] for r in recs])
+    assert steps["beta"] == [r["beta"] for r in recs] and steps["lr_smooth"] == [r["lr_smooth"] for r in recs]
     (epochs,) = columns(text, "val_acc")
     assert epochs["val_acc"] == pytest.approx([0.45, 0.55, 0.65, 0.75])
     (layers,) = columns(text, "g1")
@@ -127,3 +142,62 @@ def test_a_long_run_is_thinned_evenly_for_the_report():
     figs.load(recs)
     assert figs.steps.data["step"] == list(range(0, 10_001, 11))
     assert figs.layers.data["step"] == figs.steps.data["step"]
+
+
+def test_a_baseline_run_leaves_the_bound_figures_out():
+    figs = RunFigures()
+    figs.load([step_record(step=s, epoch=0, lr=0.05, K_z=None, L=None, bound=None, grad_last=None,
+                           grad_layers=None, clamped=None, loss=1.0) for s in range(4)])
+    assert {k for k, p in figs.figures.items() if not p.visible} == {*BOUND_FIGURES, "smooth"}
+
+
+# -- in Chromium -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
+
+
+def hard_report(store: RunStore) -> str:
+    run_id = store.create_run({"dataset": "mnist", "model": "mlp", "loss": "softmax_ce", "lr_policy": "lipschitz",
+                               "bound": "paper", "optimizer": "sgd", "batch_size": 64}, name="paper rate, spiky")
+    store.append_records(run_id, hard_run())
+    store.set_status(run_id, "finished")
+    return run_id
+
+
+def test_the_report_fills_a_1600_px_page_and_shows_its_data(store, browser):
+    run_id = hard_report(store)
+    page = BokehPage(browser, write_report(store, run_id), width=1600)
+    shot = page.screenshot("report_1600.png")
+    assert not page.bokeh_problems(), page.bokeh_problems()
+    plots = page.plots()
+    assert set(plots) == set(TITLES.values()) and all(p["visible"] for p in plots.values())
+    # the plots span the page: >= 90 % of 1600 px, two or more of them side by side
+    left = min(p["el"][0] for p in plots.values())
+    right = max(p["el"][2] for p in plots.values())
+    assert right - left >= 0.9 * 1600, (left, right)
+    rows = {}
+    for p in plots.values():
+        rows.setdefault(round(p["el"][1]), []).append(p)
+    assert max(len(r) for r in rows.values()) >= 2 and len(rows) <= 4, {k: len(v) for k, v in rows.items()}
+    for title, p in plots.items():
+        assert all(disjoint(lg["box"], p["frame"]) for lg in p["legends"]), title
+        assert p["frame"][2] - p["frame"][0] >= 400, (title, p["frame"])      # wide frames, not 40 % of a page
+    loss = y_axis(plots[TITLES["loss"]])
+    assert loss["type"] == "LogAxis" and {"0.1", "1", "1e5"} <= set(loss["labels"]), loss
+    lr = y_axis(plots[TITLES["lr"]])
+    assert {"0.1", "0.2"} <= set(lr["labels"]), lr           # the rate near 0.14 sits between two labels
+    assert shot.stat().st_size > 50_000
+    page.close()
+
+
+def test_a_baseline_report_draws_what_it_has_without_console_warnings(store, browser, tmp_path):
+    run_id = baseline_run(store)
+    page = BokehPage(browser, write_report(store, run_id, tmp_path / "baseline.html"), width=1600)
+    page.screenshot("report_baseline.png")
+    assert not page.bokeh_problems(), page.bokeh_problems()
+    shown = {t for t, p in page.plots().items() if p["visible"]}
+    assert shown == {TITLES[k] for k in ("loss", "acc", "lr")}, shown
+    page.close()

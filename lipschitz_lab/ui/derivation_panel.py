@@ -1,16 +1,15 @@
 """The derivation panel: a loss's steps in LaTeX, the paper's claim beside the derived
-supremum, the verdict and its witness, and |∂E/∂z| drawn over z.
+supremum, the verdict and its witness, |∂E/∂z| drawn over z, and the smoothness plot
+(∂²E/∂z², or a softmax Hessian's spectral norm) against S₂.
 
-Every number drawn comes from generated or derived expressions: the curve
-from :func:`lipschitz_lab.bounds.derivative`, the derived level from
-:func:`lipschitz_lab.bounds.supremum`, the paper's level from the derivation's
-``paper_sup`` evaluated with SymPy at the same parameters.
+What is drawn comes from :mod:`lipschitz_lab.ui.derivation_plots` and
+:mod:`lipschitz_lab.ui.smoothness_plot` (generated and derived expressions only).
 
-Which curves: one per value of each finite variable (t, or bce's y); other
-variables sit at the lower end of their interval (mse's y = -y_norm) or at 0
-on the real line (softmax's r = 0).  When a witness exists, its parameters are
-the plot's, and if its point lies on none of those curves, its own curve is
-added (dashed), so the marker always sits on a drawn line.
+The plots are filled, and their ranges set to the data, before the Bokeh model is
+handed to the notebook: a ``jupyter_bokeh`` widget renders the document as it was
+when the widget was made, and data set before its view exists never reaches the
+browser (the plot stayed empty, with "could not set initial ranges", until the
+loss was changed).
 """
 from __future__ import annotations
 
@@ -20,85 +19,26 @@ from typing import Any
 
 import ipywidgets as widgets
 import sympy as sp
-from bokeh.models import ColumnDataSource, HoverTool
-from bokeh.palettes import Category10_10
+from bokeh.layouts import column
+from bokeh.models import ColumnDataSource, HoverTool, Range1d
 from bokeh.plotting import figure
 from jupyter_bokeh import BokehModel
 
 from lipschitz_lab import bounds
 from lipschitz_lab.symbolic import LOSS_SPECS, derive
 from lipschitz_lab.symbolic.render import to_latex, witness_text
-from lipschitz_lab.symbolic.symbols import PARAMS
 from lipschitz_lab.ui._bridge import load_bokehjs
+from lipschitz_lab.ui.axes import fitted_range, legend_outside
+from lipschitz_lab.ui.derivation_plots import PLOT_PARAMS, plot_setup
+from lipschitz_lab.ui.smoothness_plot import smoothness_setup
 
-#: parameters of the plot when the loss has no witness (m = 1 keeps the numbers readable)
-PLOT_PARAMS = {"m": 1, "k": 10, "K_a": 2, "y_norm": 1, "eps": 0.1, "K_z": 1}
-#: z range where z is unbounded
-Z_SPAN = 6.0
-POINTS = 401
-MAX_CURVES = 6
+__all__ = ["DerivationPanel", "derivation_panel", "plot_setup", "PLOT_PARAMS"]
 
-
-def _value(expr, params: dict[str, Any]) -> float:
-    subs = {PARAMS[k]: v for k, v in params.items() if k in PARAMS}
-    return float(sp.N(sp.sympify(expr).subs(subs)))
-
-
-def plot_setup(name: str) -> dict[str, Any]:
-    """What to draw for one loss: params, z grid, curves, levels and the witness marker."""
-    d = derive(name)
-    spec = d.spec
-    wit = d.witness
-    params = dict(PLOT_PARAMS, **(wit["params"] if wit else {}))
-    fn, argnames = bounds.derivative(name)
-    zname = str(spec.wrt)
-
-    # 1) z range
-    zvar = next(v for v in spec.variables if v.symbol == spec.wrt)
-    lo, hi = (-Z_SPAN, Z_SPAN) if zvar.discrete else (_value(zvar.lo, params) if zvar.lo != -sp.oo else -Z_SPAN,
-                                                      _value(zvar.hi, params) if zvar.hi != sp.oo else Z_SPAN)
-    if wit and zname in wit["point"] and zvar.hi == sp.oo:
-        zw = float(wit["point"][zname])
-        lo, hi = min(lo, zw - 1), max(hi, zw + 1)
-
-    # 2) the other coordinates: one curve per combination
-    combos: list[dict[str, float]] = [{}]
-    for v in spec.variables:
-        if v.symbol == spec.wrt:
-            continue
-        s = str(v.symbol)
-        if v.discrete:
-            values = [float(x) for x in v.values]
-        elif v.lo != -sp.oo:
-            values = [_value(v.lo, params)]
-        else:
-            values = [0.0]
-        combos = [dict(c, **{s: x}) for c in combos for x in values]
-    combos = combos[:MAX_CURVES]
-    extra = None          # the witness's own coordinates, when no curve above has them
-    if wit:
-        at = {k: float(v) for k, v in wit["point"].items() if k != zname}
-        if at and at not in combos:
-            combos.append(at)
-            extra = at
-
-    zs = [lo + (hi - lo) * i / (POINTS - 1) for i in range(POINTS)]
-    curves = []
-    for combo in combos:
-        args = {**params, **combo}
-        ys = [abs(fn(**{a: (z if a == zname else args[a]) for a in argnames})) for z in zs]
-        label = ", ".join(f"{k} = {v:g}" for k, v in combo.items()) or "|dE/dz|"
-        witness_curve = combo is extra
-        curves.append({"label": label + (" (witness)" if witness_curve else ""), "z": zs, "y": ys,
-                       "dash": "dashed" if witness_curve else "solid"})
-
-    sup = float(bounds.supremum(name, **params))
-    paper = _value(d.paper_sup, params) if d.paper_sup is not None else math.nan
-    marker = None
-    if wit:
-        marker = {"z": float(wit["point"][zname]), "y": float(wit["derivative"]), "text": witness_text(wit)}
-    return {"name": name, "params": params, "z": (lo, hi), "curves": curves, "sup": sup, "paper": paper,
-            "marker": marker}
+#: curve colours: Category10 without the levels' green and orange and the witness's red
+CURVE_COLORS = ("#1f77b4", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+EMPTY_CURVES = {"xs": [], "ys": [], "label": [], "color": [], "dash": []}
+EMPTY_LEVEL = {"x0": [], "x1": [], "y": []}
+EMPTY_POINTS = {"z": [], "y": [], "text": []}
 
 
 def _verdict(d) -> str:
@@ -108,78 +48,134 @@ def _verdict(d) -> str:
     return f"{word}: {html.escape(d.paper_proof)}"
 
 
-class DerivationPanel(widgets.VBox):
-    """A loss dropdown, its derivation in LaTeX, the verdict and a plot of |∂E/∂z|."""
-
-    def __init__(self, loss: str = "softmax_ce"):
-        self.loss = widgets.Dropdown(options=list(LOSS_SPECS), value=loss, description="loss")
-        self.title = widgets.HTML()
-        self.latex = widgets.HTMLMath()
-        self.claim = widgets.HTMLMath()
-        self.curves = ColumnDataSource({"xs": [], "ys": [], "label": [], "color": [], "dash": []})
-        self.derived_level = ColumnDataSource({"x0": [], "x1": [], "y": []})
-        self.paper_level = ColumnDataSource({"x0": [], "x1": [], "y": []})
-        self.witness = ColumnDataSource({"z": [], "y": [], "text": []})
-        self.plot = self._figure()
-        load_bokehjs()
-        self.bokeh = BokehModel(self.plot)
-        self.setup: dict[str, Any] = {}
-        self.loss.observe(lambda change: self.show(change["new"]), names="value")
-        self.show(loss)
-        super().__init__(children=[self.loss, self.title, self.latex, self.claim, self.bokeh])
-        self.add_class("lipschitz-derivation-panel")
-
-    def _figure(self):
-        p = figure(title="|∂E/∂z| over z", width=820, height=340, x_axis_label="z",
-                   y_axis_label="|∂E/∂z|", tools="pan,box_zoom,wheel_zoom,reset,save")
-        p.multi_line("xs", "ys", source=self.curves, color="color", line_dash="dash", line_width=2,
-                     legend_field="label")
-        p.segment("x0", "y", "x1", "y", source=self.derived_level, color="#2ca02c", line_width=2,
-                  line_dash="dotdash", legend_label="derived sup |∂E/∂z|")
-        p.segment("x0", "y", "x1", "y", source=self.paper_level, color="#ff7f0e", line_width=2,
-                  line_dash="dashed", legend_label="the paper's value")
-        r = p.scatter("z", "y", source=self.witness, marker="x", size=16, line_width=3, color="#d62728",
-                      legend_label="witness: the paper fails here")
-        p.add_tools(HoverTool(renderers=[r], tooltips=[("witness", "@text")]))
-        p.legend.label_text_font_size = "8pt"
-        p.add_layout(p.legend[0], "right")      # beside the plot: the curves reach every corner
-        return p
-
-    def show(self, name: str) -> None:
-        """Display loss ``name`` (the dropdown calls this)."""
-        d = derive(name)
-        s = plot_setup(name)
-        self.setup = s
-        self.title.value = f"<h3>{html.escape(d.spec.title)}</h3>"
-        self.latex.value = "$$" + to_latex(d) + "$$"
-        paper = (r"$$\sup\left|\frac{\partial E}{\partial z}\right|_\text{paper} = %s"
-                 r"\qquad\text{derived: } %s$$" % (sp.latex(d.paper_sup), sp.latex(d.sup.value))
-                 if d.paper_sup is not None else
-                 r"The paper makes no claim for this loss; derived $\sup|\partial E/\partial z| = %s$"
-                 % sp.latex(d.sup.value))
-        self.claim.value = (paper + f"<p>Verdict: {_verdict(d)}</p>"
-                            f"<p>Witness: {html.escape(witness_text(d.witness))}</p>")
-        lo, hi = s["z"]
-        colors = [Category10_10[i % 10] for i in range(len(s["curves"]))]
-        self.curves.data = {"xs": [c["z"] for c in s["curves"]], "ys": [c["y"] for c in s["curves"]],
-                            "label": [c["label"] for c in s["curves"]], "color": colors,
-                            "dash": [c["dash"] for c in s["curves"]]}
-        params = ", ".join(f"{k} = {v:g}" for k, v in s["params"].items() if k in _used(d))
-        self.derived_level.data = {"x0": [lo], "x1": [hi], "y": [s["sup"]]}
-        self.paper_level.data = {"x0": [lo], "x1": [hi], "y": [s["paper"]]} if not math.isnan(s["paper"]) else \
-            {"x0": [], "x1": [], "y": []}
-        m = s["marker"]
-        self.witness.data = {"z": [m["z"]], "y": [m["y"]], "text": [m["text"]]} if m else \
-            {"z": [], "y": [], "text": []}
-        paper = f", paper's value {s['paper']:.4g}" if not math.isnan(s["paper"]) else ""
-        self.plot.title.text = f"|∂E/∂z| of {name} over z ({params}): sup {s['sup']:.4g}{paper}"
-
-
 def _used(d) -> set[str]:
     syms = d.derivative.free_symbols | d.sup.value.free_symbols
     if d.paper_sup is not None:
         syms |= d.paper_sup.free_symbols
     return {str(s) for s in syms}
+
+
+def _curves(curves: list[dict]) -> dict[str, list]:
+    return {"xs": [c["z"] for c in curves], "ys": [c["y"] for c in curves],
+            "label": [c["label"] for c in curves], "dash": [c["dash"] for c in curves],
+            "color": [CURVE_COLORS[i % len(CURVE_COLORS)] for i in range(len(curves))]}
+
+
+def _points(markers: list[dict]) -> dict[str, list]:
+    return {"z": [m["z"] for m in markers], "y": [m["y"] for m in markers], "text": [m["text"] for m in markers]}
+
+
+def _set_ranges(p, lo: float, hi: float, ys: list[float]) -> None:
+    """x over the z grid; y from 0 to a little above the highest curve or level."""
+    p.x_range.update(start=lo, end=hi)
+    top = fitted_range(ys, pad=0.08)[1]
+    p.y_range.update(start=0.0, end=top if top > 0 else 1.0)
+
+
+def _plot(title: str, x_label: str, y_label: str, curves, level, level_label: str, points, point_label: str,
+          paper=None):
+    """Curves over z, a dash-dotted level (and the paper's, dashed) and x markers; legend beside the frame."""
+    p = figure(title=title, width=900, height=340, x_axis_label=x_label, y_axis_label=y_label,
+               x_range=Range1d(0, 1), y_range=Range1d(0, 1), tools="pan,box_zoom,wheel_zoom,reset,save")
+    p.multi_line("xs", "ys", source=curves, color="color", line_dash="dash", line_width=2, legend_field="label")
+    p.segment("x0", "y", "x1", "y", source=level, color="#2ca02c", line_width=2, line_dash="dotdash",
+              legend_label=level_label)
+    if paper is not None:
+        p.segment("x0", "y", "x1", "y", source=paper, color="#ff7f0e", line_width=2, line_dash="dashed",
+                  legend_label="the paper's value")
+    r = p.scatter("z", "y", source=points, marker="x", size=16, line_width=3, color="#d62728",
+                  legend_label=point_label)
+    p.add_tools(HoverTool(renderers=[r], tooltips=[("witness", "@text")]))
+    legend_outside(p)      # beside the plot: the curves reach every corner
+    return p
+
+
+class DerivationPanel(widgets.VBox):
+    """A loss dropdown, its derivation in LaTeX, the verdict, |∂E/∂z| and the smoothness plot."""
+
+    def __init__(self, loss: str = "softmax_ce"):
+        self.loss = widgets.Dropdown(options=list(LOSS_SPECS), value=loss, description="loss")
+        self.title, self.latex, self.claim = widgets.HTML(), widgets.HTMLMath(), widgets.HTMLMath()
+        self.smooth_text = widgets.HTMLMath()
+        self.curves = ColumnDataSource(dict(EMPTY_CURVES))
+        self.derived_level = ColumnDataSource(dict(EMPTY_LEVEL))
+        self.paper_level = ColumnDataSource(dict(EMPTY_LEVEL))
+        self.witness = ColumnDataSource(dict(EMPTY_POINTS))
+        self.smooth_curves = ColumnDataSource(dict(EMPTY_CURVES))
+        self.smooth_level = ColumnDataSource(dict(EMPTY_LEVEL))
+        self.smooth_witness = ColumnDataSource(dict(EMPTY_POINTS))
+        self.plot = _plot("|∂E/∂z| over z", "z", "|∂E/∂z|", self.curves, self.derived_level,
+                          "derived sup |∂E/∂z|", self.witness, "witness: the paper fails here", self.paper_level)
+        self.smooth_plot = _plot("∂²E/∂z² over z", "z", "|∂²E/∂z²|", self.smooth_curves, self.smooth_level,
+                                 "S₂ (derived sup)", self.smooth_witness, "witness")
+        self.setup: dict[str, Any] = {}
+        self.smooth_setup: dict[str, Any] | None = None
+        self.show(loss)                          # 1) data and ranges first,
+        load_bokehjs()
+        self.bokeh = BokehModel(column(self.plot, self.smooth_plot))   # 2) then the widget renders them
+        self.loss.observe(lambda change: self.show(change["new"]), names="value")
+        super().__init__(children=[self.loss, self.title, self.latex, self.claim, self.smooth_text, self.bokeh])
+        self.add_class("lipschitz-derivation-panel")
+
+    def show(self, name: str) -> None:
+        """Display loss ``name`` (the dropdown calls this)."""
+        d = derive(name)
+        self.setup = plot_setup(name)
+        self.title.value = f"<h3>{html.escape(d.spec.title)}</h3>"
+        self.latex.value = "$$" + to_latex(d) + "$$"
+        self.claim.value = self._claim(d)
+        self._show_derivative(d, self.setup)
+        self.smooth_setup = smoothness_setup(name)
+        self._show_smoothness(d, self.smooth_setup)
+
+    @staticmethod
+    def _claim(d) -> str:
+        paper = (r"$$\sup\left|\frac{\partial E}{\partial z}\right|_\text{paper} = %s"
+                 r"\qquad\text{derived: } %s$$" % (sp.latex(d.paper_sup), sp.latex(d.sup.value))
+                 if d.paper_sup is not None else
+                 r"The paper makes no claim for this loss; derived $\sup|\partial E/\partial z| = %s$"
+                 % sp.latex(d.sup.value))
+        return (paper + f"<p>Verdict: {_verdict(d)}</p>"
+                f"<p>Witness: {html.escape(witness_text(d.witness))}</p>")
+
+    def _show_derivative(self, d, s: dict) -> None:
+        lo, hi = s["z"]
+        self.curves.data = _curves(s["curves"])
+        self.derived_level.data = {"x0": [lo], "x1": [hi], "y": [s["sup"]]}
+        has_paper = not math.isnan(s["paper"])
+        self.paper_level.data = {"x0": [lo], "x1": [hi], "y": [s["paper"]]} if has_paper else dict(EMPTY_LEVEL)
+        self.witness.data = _points([s["marker"]] if s["marker"] else [])
+        _set_ranges(self.plot, lo, hi, [y for c in s["curves"] for y in c["y"]] + [s["sup"]]
+                    + ([s["paper"]] if has_paper else []))
+        params = ", ".join(f"{k} = {v:g}" for k, v in s["params"].items() if k in _used(d))
+        paper = f", paper's value {s['paper']:.4g}" if has_paper else ""
+        self.plot.title.text = f"|∂E/∂z| of {s['name']} over z ({params}): sup {s['sup']:.4g}{paper}"
+
+    def _show_smoothness(self, d, s: dict | None) -> None:
+        self.smooth_plot.visible = s is not None
+        if s is None:
+            self.smooth_text.value = "<p><i>No smoothness bound (S₂) for this loss yet.</i></p>"
+            for src, empty in ((self.smooth_curves, EMPTY_CURVES), (self.smooth_level, EMPTY_LEVEL),
+                               (self.smooth_witness, EMPTY_POINTS)):
+                src.data = dict(empty)
+            return
+        lo, hi = s["z"]
+        self.smooth_curves.data = _curves(s["curves"])
+        self.smooth_level.data = {"x0": [lo], "x1": [hi], "y": [s["S2"]]}
+        self.smooth_witness.data = _points(s["markers"])
+        _set_ranges(self.smooth_plot, lo, hi, [y for c in s["curves"] for y in c["y"]] + [s["S2"]])
+        used = set(bounds.FUNCTIONS[(s["name"], "smooth")][1]) | ({"k"} if s["kind"] == "softmax" else set())
+        params = ", ".join(f"{k} = {_num(v)}" for k, v in s["params"].items() if k in used)
+        self.smooth_plot.title.text = f"{s['what']} of {s['name']} ({params}): S₂ = {s['S2']:.4g}"
+        self.smooth_plot.xaxis.axis_label = s["x_label"]
+        self.smooth_plot.yaxis.axis_label = s["y_label"]
+        how = ("attained" if s["attained"] else "approached in a limit") if s["tight"] else "an upper bound"
+        self.smooth_text.value = (r"<p>Smoothness: $S_2 = \sup\|\nabla^2_z E\|_2 = %s$ (%s; %s).</p>"
+                                  % (sp.latex(s["value"]), html.escape(s["method"]), how))
+
+
+def _num(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
 def derivation_panel(loss: str = "softmax_ce") -> DerivationPanel:

@@ -1,14 +1,9 @@
-"""Bokeh figures of one run, built from its records; shared by the report and the panels.
+"""The figures of one run and the sources they draw from; shared by the report and the panels.
 
-Records become columns here and nowhere else.  A field a record lacks, or
-holds as ``None`` (baseline policies have no K_z, L or gradient maxima), is
-NaN in its column, which Bokeh draws as a gap.  Every number plotted comes
-from the records: the bounds are the trainer's ``L``, ``L_paper`` and
-``L_corrected``; no formula is typed here.
-
-:class:`RunFigures` owns three ``ColumnDataSource``\\ s (steps, epochs, layers)
-and the figures drawn from them.  ``load`` replaces the data at once (the
-report); ``add_steps`` / ``add_epochs`` stream them in (the live panel) and
+Records become columns in :mod:`lipschitz_lab.ui.columns`; each figure draws as
+:mod:`lipschitz_lab.ui.run_plots` says.  :class:`RunFigures` owns the sources
+(steps, epochs, layers, marks) and the layout: ``load`` replaces the data at once
+(the report); ``add_steps`` / ``add_epochs`` stream them in (the live panel) and
 thin the steps still to come so that a long run stays at a few thousand rows.
 """
 from __future__ import annotations
@@ -17,125 +12,57 @@ import contextlib
 import math
 from typing import Any, Iterable
 
-import numpy as np
-
 from bokeh.layouts import gridplot
-from bokeh.models import ColumnDataSource, GlyphRenderer, HoverTool, Legend, LegendItem, Line, Span
-from bokeh.palettes import Category10_10
-from bokeh.plotting import figure
+from bokeh.models import ColumnDataSource, GlyphRenderer, LegendItem, Line
+from bokeh.palettes import Category10_10, Viridis256
+
+from lipschitz_lab.ui.columns import (EPOCH_COLUMNS, STEP_COLUMNS, arrays, epoch_columns,
+                                      has_lipschitz_fields, has_smoothness_fields, layer_columns,
+                                      layer_names, mark_columns, number, step_columns)
+from lipschitz_lab.ui.run_plots import TITLES, bound_figures, epoch_figures, layers_figure, rate_figures
+
+__all__ = ["RunFigures", "TITLES", "STEP_COLUMNS", "EPOCH_COLUMNS", "MAX_POINTS", "number", "step_columns",
+           "epoch_columns", "mark_columns", "layer_names", "layer_columns", "has_lipschitz_fields",
+           "has_smoothness_fields", "layer_style", "layer_legend"]
 
 Record = dict[str, Any]
 
-#: step-record fields the figures use, in column order; ``gap`` is grad_last / L
-STEP_COLUMNS = ("step", "epoch", "lr", "K_z", "L", "L_paper", "L_corrected", "grad_last",
-                "gap", "gap_paper", "gap_corrected", "loss", "acc")
-EPOCH_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
-                 "test_loss", "test_acc")
-
-#: figure titles, by key (tests and the report look for these)
-TITLES = {
-    "loss": "Loss (train, val per epoch)",
-    "acc": "Accuracy (train, val per epoch)",
-    "lr": "Learning rate lr = 1/L over steps (log)",
-    "K_z": "K_z over steps",
-    "grad": "Measured grad_last against the bound L",
-    "gap": "Gap: grad_last / L (below 1: the bound holds)",
-    "layers": "Per-layer max |grad| against the last layer's (eq. 1)",
-}
-
 #: a live run keeps at most this many step rows; beyond it every other row goes
 MAX_POINTS = 4000
+#: figures in layout order (the smoothness figure shows only for runs whose records carry β)
+ORDER = ("loss", "acc", "lr", "K_z", "grad", "gap", "layers", "smooth")
+#: figures of a Lipschitz policy's fields only: a baseline run leaves them out (they would be empty boxes)
+BOUND_FIGURES = ("K_z", "grad", "gap", "layers")
+#: up to this many layers get a legend entry each; deeper models get entries for blocks of layers
+MAX_LAYER_ITEMS = 12
 
 
-def number(value: Any) -> float:
-    """A record value as a float; None and non-numbers become NaN."""
-    if value is None or isinstance(value, bool):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+def layer_style(names: list[str]) -> list[tuple[str, str, float]]:
+    """(label, colour, width) per layer: the last layer (the bound's) black and bold;
+    deeper models coloured by depth."""
+    n, last = len(names), len(names) - 1
+    palette = Category10_10 if n <= 10 else [Viridis256[int(i * 220 / max(n - 2, 1))] for i in range(n)]
+    style = []
+    for i, name in enumerate(names):
+        label = f"layer {name}" if name.isdigit() else name     # nn.Sequential names its layers 0, 1, ...
+        if i == last:
+            style.append((f"{label} (last layer)", "black", 3.0))
+        else:
+            style.append((label, palette[i % len(palette)], 1.5))
+    return style
 
 
-def _ratios(num: list[float], den: list[float]) -> list[float]:
-    """num / den, NaN where den is 0 or NaN (a bound of 0 gives no finite gap)."""
-    return [n / d if d else math.nan for n, d in zip(num, den)]
-
-
-def step_columns(records: Iterable[Record]) -> dict[str, list[float]]:
-    """Columns of :data:`STEP_COLUMNS` from step records (other kinds are skipped)."""
-    rows = [r for r in records if r.get("kind", "step") == "step"]
-    cols = {c: [number(r.get(c)) for r in rows] for c in STEP_COLUMNS if not c.startswith("gap")}
-    cols["gap"] = _ratios(cols["grad_last"], cols["L"])
-    cols["gap_paper"] = _ratios(cols["grad_last"], cols["L_paper"])
-    cols["gap_corrected"] = _ratios(cols["grad_last"], cols["L_corrected"])
-    return {c: cols[c] for c in STEP_COLUMNS}
-
-
-def epoch_columns(records: Iterable[Record]) -> dict[str, list[float]]:
-    """Columns of :data:`EPOCH_COLUMNS` from epoch records; x is ``epoch + 1`` (epochs done)."""
-    cols: dict[str, list[float]] = {c: [] for c in EPOCH_COLUMNS}
-    for r in records:
-        if r.get("kind") != "epoch":
-            continue
-        for c in EPOCH_COLUMNS:
-            cols[c].append(number(r.get(c)))
-    cols["epochs_done"] = [e + 1 for e in cols["epoch"]]
-    return cols
-
-
-def layer_names(records: Iterable[Record]) -> list[str]:
-    """The layers of the first step record that has ``grad_layers``, in model order."""
-    for r in records:
-        layers = r.get("grad_layers") if r.get("kind", "step") == "step" else None
-        if layers:
-            return list(layers)
-    return []
-
-
-def layer_columns(records: Iterable[Record], names: list[str]) -> dict[str, list[float]]:
-    """``step`` and one column ``g<i>`` per layer name (max |grad| of that layer)."""
-    cols: dict[str, list[float]] = {"step": [], **{f"g{i}": [] for i in range(len(names))}}
-    for r in records:
-        if r.get("kind", "step") != "step":
-            continue
-        layers = r.get("grad_layers") or {}
-        cols["step"].append(number(r.get("step")))
-        for i, name in enumerate(names):
-            cols[f"g{i}"].append(number(layers.get(name)))
-    return cols
-
-
-def _arrays(cols: dict[str, list[float]]) -> dict[str, np.ndarray]:
-    """float64 arrays: Bokeh sends them as one binary buffer each, where a list of
-    floats is encoded number by number (the bulk of a batch's cost on the kernel's loop)."""
-    return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
-
-
-def has_lipschitz_fields(records: Iterable[Record]) -> bool:
-    """True when some step record carries a K_z (a Lipschitz policy's run)."""
-    return any(r.get("kind", "step") == "step" and r.get("K_z") is not None for r in records)
-
-
-def _fig(title: str, x_label: str, y_label: str, *, y_log: bool = False, x_range=None,
-         width: int = 430, height: int = 260):
-    kw = dict(title=title, width=width, height=height, x_axis_label=x_label, y_axis_label=y_label,
-              tools="pan,box_zoom,wheel_zoom,reset,save", toolbar_location="above")
-    if y_log:
-        kw["y_axis_type"] = "log"
-    if x_range is not None:
-        kw["x_range"] = x_range
-    p = figure(**kw)
-    p.title.text_font_size = "11pt"
-    return p
-
-
-def _legend(p) -> None:
-    if p.legend:
-        p.legend.location = "top_right"
-        p.legend.click_policy = "hide"
-        p.legend.label_text_font_size = "8pt"
-        p.legend.background_fill_alpha = 0.6
+def layer_legend(labels: list[str], renderers: list) -> list[LegendItem]:
+    """One entry per layer up to :data:`MAX_LAYER_ITEMS`; else the last layer alone and
+    the others in at most ``MAX_LAYER_ITEMS - 1`` blocks of consecutive layers (a click
+    hides a block): a legend taller than its figure would hide the entries below."""
+    if len(labels) <= MAX_LAYER_ITEMS:
+        return [LegendItem(label=t, renderers=[r]) for t, r in zip(labels, renderers)]
+    rest = len(labels) - 1
+    size = math.ceil(rest / (MAX_LAYER_ITEMS - 1))
+    items = [LegendItem(label=f"{labels[i]} … {labels[min(i + size, rest) - 1]}",
+                        renderers=renderers[i:min(i + size, rest)]) for i in range(0, rest, size)]
+    return items + [LegendItem(label=labels[-1], renderers=[renderers[-1]])]
 
 
 class RunFigures:
@@ -144,79 +71,53 @@ class RunFigures:
     ``steps``  : one row per (kept) step record, columns :data:`STEP_COLUMNS`
     ``epochs`` : one row per epoch record, columns :data:`EPOCH_COLUMNS` + ``epochs_done``
     ``layers`` : ``step`` and ``g0 .. g<n-1>``, one per layer in :attr:`layer_names`
+    ``marks``  : ``step`` and ``why`` of every step whose L is 0 or negative (never thinned)
+
+    ``ncols`` figures a row, each ``height`` px high; they share the width of the page
+    or notebook cell (``stretch_width``: legends beside the frames then stay in view at
+    any width), or are ``width`` px wide each when a width is given.
     """
 
-    def __init__(self, *, width: int = 430, height: int = 260, max_points: int = MAX_POINTS):
+    def __init__(self, *, width: int | None = None, height: int = 260, max_points: int = MAX_POINTS,
+                 ncols: int = 2):
         self.max_points = max_points
         self.stride = 1          # keep the step records whose step is a multiple of this
         self._rows_at_stride = 0
         self.layer_names: list[str] = []
         self._layers_checked = False    # this run's layer names were compared with the lines drawn
+        self._kind_checked = False      # this run's records were asked whether they carry K_z and β
         self.steps = ColumnDataSource(step_columns([]))
         self.epochs = ColumnDataSource(epoch_columns([]))
         self.layers = ColumnDataSource({"step": []})
-        size = dict(width=width, height=height)
+        self.marks = ColumnDataSource(mark_columns([]))
+        sizing_mode = "stretch_width" if width is None else None
+        size = {"height": height, "sizing_mode": sizing_mode} if width is None else {"width": width, "height": height}
         self.figures = self._build(size)
-        self.layout = gridplot(
-            [[self.figures["loss"], self.figures["acc"]],
-             [self.figures["lr"], self.figures["K_z"]],
-             [self.figures["grad"], self.figures["gap"]],
-             [self.figures["layers"], None]],
-            toolbar_location="right", merge_tools=True)
+        self.show_smoothness(False)
+        self._grid = dict(ncols=ncols, sizing_mode=sizing_mode, toolbar_location="right", merge_tools=True)
+        self.layout = gridplot([self.figures[k] for k in ORDER], **self._grid)
 
     # -- figures --------------------------------------------------------------------
     def _build(self, size: dict) -> dict:
-        S, E = self.steps, self.epochs
-        f: dict = {}
-        p = f["loss"] = _fig(TITLES["loss"], "epochs done", "loss", **size)
-        p.line("epochs_done", "train_loss", source=E, color="#1f77b4", line_width=2, legend_label="train")
-        p.scatter("epochs_done", "train_loss", source=E, color="#1f77b4", size=5)
-        p.line("epochs_done", "val_loss", source=E, color="#ff7f0e", line_width=2, legend_label="val")
-        p.scatter("epochs_done", "val_loss", source=E, color="#ff7f0e", size=5)
-        _legend(p)
-        p = f["acc"] = _fig(TITLES["acc"], "epochs done", "accuracy", x_range=f["loss"].x_range, **size)
-        p.line("epochs_done", "train_acc", source=E, color="#1f77b4", line_width=2, legend_label="train")
-        p.scatter("epochs_done", "train_acc", source=E, color="#1f77b4", size=5)
-        p.line("epochs_done", "val_acc", source=E, color="#ff7f0e", line_width=2, legend_label="val")
-        p.scatter("epochs_done", "val_acc", source=E, color="#ff7f0e", size=5)
-        _legend(p)
-        p.legend.location = "bottom_right"
-
-        p = f["lr"] = _fig(TITLES["lr"], "step", "lr", y_log=True, **size)
-        p.line("step", "lr", source=S, color="#2ca02c", line_width=2, legend_label="lr")
-        p.add_tools(HoverTool(tooltips=[("step", "@step"), ("epoch", "@epoch"), ("lr", "@lr{0.000e}")]))
-        _legend(p)
-        steps_x = p.x_range
-        p = f["K_z"] = _fig(TITLES["K_z"], "step", "K_z", x_range=steps_x, **size)
-        p.line("step", "K_z", source=S, color="#9467bd", line_width=2, legend_label="K_z")
-        _legend(p)
-
-        p = f["grad"] = _fig(TITLES["grad"], "step", "max |∂E/∂w|, L", y_log=True, x_range=steps_x, **size)
-        p.line("step", "grad_last", source=S, color="black", line_width=2, legend_label="grad_last (measured)")
-        p.line("step", "L", source=S, color="#d62728", line_width=2, legend_label="L (in use)")
-        p.line("step", "L_paper", source=S, color="#ff7f0e", line_dash="dashed", line_width=2,
-               legend_label="L_paper")
-        p.line("step", "L_corrected", source=S, color="#17becf", line_dash="dotted", line_width=2,
-               legend_label="L_corrected")
-        p.add_tools(HoverTool(tooltips=[("step", "@step"), ("grad_last", "@grad_last{0.000e}"),
-                                        ("L", "@L{0.000e}"), ("L_paper", "@L_paper{0.000e}"),
-                                        ("L_corrected", "@L_corrected{0.000e}")]))
-        _legend(p)
-
-        p = f["gap"] = _fig(TITLES["gap"], "step", "grad_last / L", x_range=steps_x, **size)
-        p.line("step", "gap", source=S, color="#d62728", line_width=2, legend_label="/ L (in use)")
-        p.line("step", "gap_paper", source=S, color="#ff7f0e", line_dash="dashed", legend_label="/ L_paper")
-        p.line("step", "gap_corrected", source=S, color="#17becf", line_dash="dotted",
-               legend_label="/ L_corrected")
-        p.add_layout(Span(location=1.0, dimension="width", line_color="gray", line_dash="dashed"))
-        _legend(p)
-
-        p = f["layers"] = _fig(TITLES["layers"], "step", "max |∂E/∂w| of the layer", y_log=True,
-                               x_range=steps_x, **size)
-        self._layers_legend = Legend(items=[], location="top_right", click_policy="hide",
-                                     label_text_font_size="8pt", background_fill_alpha=0.6)
-        p.add_layout(self._layers_legend)
+        f = epoch_figures(self.epochs, size)
+        f.update(rate_figures(self.steps, self.marks, size))
+        f.update(bound_figures(self.steps, self.marks, size, f["lr"].x_range))
+        f["layers"], self._layers_legend = layers_figure(size, f["lr"].x_range)
         return f
+
+    def show_bounds(self, on: bool) -> None:
+        """Show the K_z, bound, gap and per-layer figures, or leave them out (a baseline policy's
+        records carry no K_z, L or gradient maxima)."""
+        for key in BOUND_FIGURES:
+            self.figures[key].visible = on
+
+    def show_smoothness(self, on: bool) -> None:
+        """Show β and c/β (the smoothness figure, the lr_smooth entry of the lr legend) or hide them:
+        records without β draw nothing, and their figure would be an empty box."""
+        self.figures["smooth"].visible = on
+        for item in self.figures["lr"].legend[0].items:
+            if any(getattr(r.glyph, "y", None) == "lr_smooth" for r in item.renderers):
+                item.visible = on
 
     def set_layers(self, names: list[str], records: Iterable[Record] = ()) -> None:
         """Draw one line per layer; the last layer (the one the bound is about) bold and black.
@@ -230,28 +131,25 @@ class RunFigures:
         names = list(names)
         self.layer_names = names
         self.layers = ColumnDataSource(layer_columns(records, names))
-        renderers, items = [], []
-        last = len(names) - 1
-        for i, name in enumerate(names):
-            label = f"layer {name}" if name.isdigit() else name     # nn.Sequential names its layers 0, 1, ...
-            glyph = Line(x="step", y=f"g{i}", line_color="black" if i == last else Category10_10[i % 10],
-                         line_width=3 if i == last else 1.5)
-            r = GlyphRenderer(data_source=self.layers, glyph=glyph)
-            renderers.append(r)
-            items.append(LegendItem(label=f"{label} (last layer)" if i == last else label, renderers=[r]))
+        renderers, labels = [], []
+        for i, (label, color, width) in enumerate(layer_style(names)):
+            glyph = Line(x="step", y=f"g{i}", line_color=color, line_width=width)
+            renderers.append(GlyphRenderer(data_source=self.layers, glyph=glyph))
+            labels.append(label)
         p = self.figures["layers"]
         doc = p.document
         with doc.models.freeze() if doc is not None else contextlib.nullcontext():
             p.renderers = renderers
-            self._layers_legend.items = items
+            self._layers_legend.items = layer_legend(labels, renderers)
 
     # -- data -----------------------------------------------------------------------
     def reset(self) -> None:
         """Empty the sources (before a run starts: nothing may be streaming then)."""
         self.stride, self._rows_at_stride = 1, 0
-        self._layers_checked = False
+        self._layers_checked = self._kind_checked = False
         self.steps.data = step_columns([])
         self.epochs.data = epoch_columns([])
+        self.marks.data = mark_columns([])
         # the layer lines stay: the next run of the same model streams into them
         # (add_steps redraws them when the layers differ)
         self.layers.data = layer_columns([], self.layer_names)
@@ -265,13 +163,34 @@ class RunFigures:
                 self.stride, self._rows_at_stride = stride, 0
 
     def load(self, records: list[Record]) -> None:
-        """Show a whole run at once; more than ``max_points`` steps are thinned evenly."""
+        """Show a whole run at once; more than ``max_points`` steps are thinned evenly
+        (the marked steps are all kept).  :attr:`layout` becomes a grid of the figures
+        the run has: no holes, and no empty figure that BokehJS cannot give a range."""
         steps = [r for r in records if r.get("kind") == "step"]
         self.stride = max(1, math.ceil(len(steps) / self.max_points))
         kept = steps[::self.stride]
         self.set_layers(layer_names(kept), kept)
         self.steps.data = step_columns(kept)
         self.epochs.data = epoch_columns(records)
+        self.marks.data = mark_columns(steps)
+        self.show_bounds(has_lipschitz_fields(steps) or not steps)
+        self.show_smoothness(has_smoothness_fields(steps))
+        self._kind_checked = True
+        self.layout = gridplot([self.figures[k] for k in ORDER if self.figures[k].visible], **self._grid)
+
+    def _first_look(self, records: list[Record]) -> list[str] | None:
+        """On a run's first step records: show the bound figures and β, or not; and the layer
+        names when they differ from the lines drawn (None: keep the lines; no new Bokeh models)."""
+        if not self._kind_checked:
+            self._kind_checked = True
+            self.show_bounds(has_lipschitz_fields(records))
+            self.show_smoothness(has_smoothness_fields(records))
+        if not self._layers_checked:
+            self._layers_checked = True
+            names = layer_names(records)
+            if names != self.layer_names:
+                return names
+        return None
 
     def add_steps(self, records: list[Record]) -> int:
         """Stream step records in (one message per source); returns how many rows were added.
@@ -281,16 +200,12 @@ class RunFigures:
         out of order.  So thinning only ever skips future steps: a row is kept when
         its step is a multiple of the stride, and the stride doubles whenever
         ``max_points`` rows were added at the current one (``plan`` sets it up front).
+        Marked steps (L = 0) are streamed whatever the stride: they are few, and each matters.
         """
+        records = [r for r in records if r.get("kind", "step") == "step"]
         if not records:
             return 0
-        # the run's first step records say which layer lines it needs; the lines of
-        # the run before are kept when they are the same (no new Bokeh models)
-        new_layers = False
-        if not self._layers_checked and any(r.get("kind", "step") == "step" for r in records):
-            self._layers_checked = True
-            names = layer_names(records)
-            new_layers = names != self.layer_names
+        new_layers = self._first_look(records)
         kept = []
         for r in records:
             if int(r.get("step", 0)) % self.stride == 0:
@@ -298,12 +213,15 @@ class RunFigures:
                 self._rows_at_stride += 1
                 if self._rows_at_stride >= self.max_points:
                     self.stride, self._rows_at_stride = self.stride * 2, 0
-        if new_layers:   # the lines arrive with their first rows, before any stream
-            self.set_layers(names, kept)
+        if new_layers is not None:   # the lines arrive with their first rows, before any stream
+            self.set_layers(new_layers, kept)
         elif kept and self.layer_names:
-            self.layers.stream(_arrays(layer_columns(kept, self.layer_names)))
+            self.layers.stream(arrays(layer_columns(kept, self.layer_names)))
         if kept:
-            self.steps.stream(_arrays(step_columns(kept)))
+            self.steps.stream(arrays(step_columns(kept)))
+        marks = mark_columns(records)
+        if marks["step"]:
+            self.marks.stream(marks)
         return len(kept)
 
     def add_epochs(self, records: list[Record]) -> None:

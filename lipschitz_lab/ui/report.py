@@ -17,6 +17,10 @@ from bokeh.resources import INLINE
 from lipschitz_lab.runs import RunStore, open_store
 from lipschitz_lab.ui.figures import RunFigures, has_lipschitz_fields, number
 
+#: figures a row, and each figure's height: the report fills the page's width (stretch_width)
+REPORT_COLUMNS = 2
+REPORT_HEIGHT = 320
+
 #: config fields shown in the report's header, in this order
 HEADER_FIELDS = ("dataset", "model", "loss", "lr_policy", "optimizer", "bound", "kz", "recompute",
                  "batch_size", "epochs", "weight_decay", "min_lr", "max_lr", "lr_scale", "seed", "device")
@@ -45,13 +49,13 @@ def _header(run: dict, epochs: list[dict], lipschitz: bool) -> Div:
     reason = f" ({html.escape(str(run['reason']))})" if run.get("reason") else ""
     note = "" if lipschitz else (
         "<p><i>This run's policy is not a Lipschitz one: its records carry no K_z, L or gradient "
-        "maxima, so those figures are empty.</i></p>")
+        "maxima, so those figures are left out.</i></p>")
     text = (f"<h2>{title}</h2>"
             f"<p>run <code>{html.escape(run['id'])}</code> · status <b>{html.escape(run['status'])}</b>{reason}"
             f" · created {html.escape(run['created'])}"
             + (f" · final {final}" if final else "") + "</p>"
             f"{note}<table style='font-size:90%'>{rows}</table>")
-    return Div(text=text, width=880)
+    return Div(text=text, sizing_mode="stretch_width")
 
 
 def write_report(store: RunStore | str | os.PathLike, run_id: str, path: str | os.PathLike | None = None) -> Path:
@@ -66,9 +70,9 @@ def write_report(store: RunStore | str | os.PathLike, run_id: str, path: str | o
     epochs = [r for r in records if r.get("kind") == "epoch"]
     lipschitz = has_lipschitz_fields(records)
 
-    figs = RunFigures()
+    figs = RunFigures(ncols=REPORT_COLUMNS, height=REPORT_HEIGHT)      # the page's width
     figs.load(records)
-    doc = column(_header(run, epochs, lipschitz), figs.layout)
+    doc = column(_header(run, epochs, lipschitz), figs.layout, sizing_mode="stretch_width")
 
     out = Path(path) if path is not None else Path(store.path).parent / "reports" / f"{run_id}.html"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Bokeh comparison plots of a study: one line or bar per lr policy.
 
 - validation accuracy per epoch (mean over seeds), one line per policy;
-- the learning rate per step (log axis), one line per policy (its lowest seed);
+- the learning rate per step (log axis, ticks around the rates), one line per policy (its lowest seed);
 - final test accuracy per policy, a bar with ±1 std whiskers over seeds.
 
 :class:`StudyFigures` owns one ``ColumnDataSource`` per policy and figure, so
@@ -21,6 +21,8 @@ from bokeh.layouts import column
 from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Legend, LegendItem, Whisker
 from bokeh.palettes import Category20_20, Turbo256
 from bokeh.plotting import figure
+
+from lipschitz_lab.ui.axes import integer_axis, legend_outside, readable_log_axis
 
 __all__ = ["StudyFigures", "policy_colors", "study_figures", "save_study_html", "TITLES"]
 
@@ -50,8 +52,9 @@ class StudyFigures:
     """The three comparison figures of a study, with one data source per policy."""
 
     def __init__(self, policies: list[str], families: dict[str, str] | None = None,
-                 width: int = 900, height: int = 330):
+                 width: int = 900, height: int = 330, sizing_mode: str | None = None):
         self.policies = list(policies)
+        size = {"sizing_mode": sizing_mode} if sizing_mode else {"width": width}
         self.colors = policy_colors(self.policies)
         families = families or {}
         self.acc_sources = {p: ColumnDataSource({"epoch": [], "val_acc": [], "seeds": []}) for p in self.policies}
@@ -59,11 +62,13 @@ class StudyFigures:
         self.bar_source = ColumnDataSource({"policy": [], "mean": [], "lower": [], "upper": [], "color": [],
                                             "std": [], "runs": []})
 
-        self.acc = figure(title=TITLES["acc"], width=width, height=height, x_axis_label="epoch",
-                          y_axis_label="val accuracy", tools="pan,wheel_zoom,box_zoom,reset,save")
-        self.lr = figure(title=TITLES["lr"], width=width, height=height, x_axis_label="step",
-                         y_axis_label="lr", y_axis_type="log", tools="pan,wheel_zoom,box_zoom,reset,save")
-        self.acc.xaxis.ticker.min_interval = 1          # epochs are whole numbers
+        self.acc = figure(title=TITLES["acc"], height=height, x_axis_label="epoch",
+                          y_axis_label="val accuracy", tools="pan,wheel_zoom,box_zoom,reset,save", **size)
+        self.lr = figure(title=TITLES["lr"], height=height, x_axis_label="step",
+                         y_axis_label="lr", y_axis_type="log", tools="pan,wheel_zoom,box_zoom,reset,save", **size)
+        integer_axis(self.acc.xaxis)                    # epochs and steps are whole numbers
+        integer_axis(self.lr.xaxis)
+        readable_log_axis(self.lr.yaxis)                # ticks around the rates, wherever they sit
         acc_items, lr_items = [], []
         for p in self.policies:
             dash = DASH.get(families.get(p, "baseline"), "solid")
@@ -75,22 +80,21 @@ class StudyFigures:
             acc_items.append(LegendItem(label=p, renderers=[r1]))
             lr_items.append(LegendItem(label=p, renderers=[r2]))
         for fig, items in ((self.acc, acc_items), (self.lr, lr_items)):
-            legend = Legend(items=items, click_policy="hide", label_text_font_size="8pt", spacing=0,
-                            glyph_height=10, label_height=10)
-            fig.add_layout(legend, "right")
+            legend_outside(fig, legend=Legend(items=items))
+            fig.legend[0].glyph_height = fig.legend[0].label_height = 10
         self.acc.add_tools(HoverTool(tooltips=[("epoch", "@epoch"), ("val acc", "@val_acc{0.0000}"),
                                                ("seeds", "@seeds")]))
         self.lr.add_tools(HoverTool(tooltips=[("step", "@step"), ("lr", "@lr{0.0000e}")]))
 
-        self.bars = figure(title=TITLES["bars"], width=width, height=max(height, 18 * len(self.policies) + 60),
+        self.bars = figure(title=TITLES["bars"], height=max(height, 18 * len(self.policies) + 60),
                            y_range=FactorRange(*reversed(self.policies)), x_axis_label="final test accuracy",
-                           tools="save,reset")
+                           tools="save,reset", **size)
         self.bars.hbar(y="policy", right="mean", height=0.7, color="color", source=self.bar_source)
         self.bars.add_layout(Whisker(source=self.bar_source, base="policy", upper="upper", lower="lower",
                                      dimension="width", line_color="black"))
         self.bars.add_tools(HoverTool(tooltips=[("policy", "@policy"), ("mean", "@mean{0.0000}"),
                                                 ("std", "@std{0.0000}"), ("runs", "@runs")]))
-        self.layout = column(self.acc, self.lr, self.bars)
+        self.layout = column(self.acc, self.lr, self.bars, sizing_mode=sizing_mode)
 
     # -- filling the sources ------------------------------------------------------------
     def set_epochs(self, epochs: pd.DataFrame) -> None:
@@ -143,8 +147,9 @@ class StudyFigures:
                 "bars": len(self.bar_source.data["policy"])}
 
 
-def study_figures(store, spec, table: pd.DataFrame | None = None) -> StudyFigures:
-    """The study's figures, filled from the store (``spec``: a StudySpec, or a study name)."""
+def study_figures(store, spec, table: pd.DataFrame | None = None, **size) -> StudyFigures:
+    """The study's figures, filled from the store (``spec``: a StudySpec, or a study name);
+    ``size``: StudyFigures' width / height / sizing_mode."""
     from lipschitz_lab.studies.results import epoch_frame, step_frame, study_runs, study_table
     runs = study_runs(store, spec)
     if hasattr(spec, "policies"):
@@ -153,7 +158,7 @@ def study_figures(store, spec, table: pd.DataFrame | None = None) -> StudyFigure
     else:
         policies = list(dict.fromkeys(r.policy for r in runs))
         families = {r.policy: r.family for r in runs}
-    figs = StudyFigures(policies, families)
+    figs = StudyFigures(policies, families, **size)
     figs.set_epochs(epoch_frame(store, spec, runs))
     figs.set_steps(step_frame(store, spec, runs, fields=("lr",)))
     figs.set_table(study_table(store, spec) if table is None else table)
@@ -165,7 +170,7 @@ def save_study_html(store, spec, path: str | Path, table: pd.DataFrame | None = 
     """One self-contained HTML file (BokehJS inline: opens offline) of the study's plots."""
     from bokeh.embed import file_html
     from bokeh.resources import INLINE
-    figs = study_figures(store, spec, table)
+    figs = study_figures(store, spec, table, sizing_mode="stretch_width")     # the page's width
     name = getattr(spec, "name", spec)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
