@@ -56,13 +56,6 @@ class _LiveNames(Sequence):
 LOSSES = _LiveNames()
 
 
-def use_loss(spec, *, task: str | None = None) -> str:
-    """Register a :class:`~lipschitz_lab.symbolic.LossSpec` everywhere: an alias of
-    :func:`lipschitz_lab.losses.register` (which derives it and generates its code)."""
-    from lipschitz_lab.losses import register
-    return register(spec, task=task)
-
-
 def _install(functions: dict) -> None:
     """Add a registered loss's generated functions (called by ``losses.register``)."""
     FUNCTIONS.update(functions)

@@ -113,19 +113,6 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def choices() -> dict[str, tuple[str, ...]]:
-    """The allowed values of every choice field of :class:`TrainConfig`, read live from the
-    modules that define them (a registered loss, data set, model or policy shows up here)."""
-    from lipschitz_lab.data import DATASETS
-    from lipschitz_lab.losses import loss_names
-    from lipschitz_lab.models import MODELS
-    from lipschitz_lab.policies import POLICIES
-    from lipschitz_lab.scheduler import BOUNDS, RECOMPUTE
-    return {"dataset": tuple(DATASETS), "model": tuple(MODELS), "loss": loss_names(),
-            "lr_policy": tuple(POLICIES), "optimizer": OPTIMIZERS, "bound": BOUNDS,
-            "kz": KZ_DEFINITIONS, "recompute": RECOMPUTE, "device": DEVICES}
-
-
 def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML file as a dict; an unreadable or invalid file is a :class:`ConfigError` naming it."""
     p = Path(path)

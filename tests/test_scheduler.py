@@ -101,7 +101,13 @@ def test_strict_bound_is_never_below_the_measured_gradient(name, loss, out, kz):
     gaps = [r["L"] - r["grad_last"] for r in recs]
     worst = min(range(len(recs)), key=lambda i: gaps[i])
     assert gaps[worst] >= -1e-6 * recs[worst]["L"], recs[worst]
-    assert all(r["L"] == r["L_strict"] for r in recs)
+    # the strict bound, typed here from its derivation: |dE/dW| <= S*m*max|a| (max_abs) or
+    # S*sqrt(m)*||A||_F (frobenius), the bias S*m; S = sup|dE/dz| = 1/m, (K_a + ||y||)/m for mse
+    for r in recs:
+        S = (r["K_a"] + r["y_norm"]) / r["m"] if loss == "mse" else 1.0 / r["m"]
+        want = S * r["m"] * max(r["K_z"], 1.0) if kz == "max_abs" else \
+            S * math.sqrt(r["m"]) * max(r["K_z"], math.sqrt(r["m"]))
+        assert r["L"] == pytest.approx(want, rel=1e-12), r
     if kz == "max_abs" and loss != "mse":      # the check can fail: the paper's bound does, here
         assert any(r["grad_last"] > r["L_paper"] for r in recs)
     # it trained: the last epoch's loss is below the first batch's
@@ -353,20 +359,32 @@ def test_variant_optimizer_rates_follow_the_emas(variant, bias_correction):
            "adam": lambda: torch.optim.Adam(params, lr=0.01, weight_decay=lam)}[variant]()
     sched = LipschitzLR(opt, model, "softmax_ce", num_classes=10, recompute="step", variant_optimizer=variant,
                         ema=EMAOptions(bias_correction=bias_correction), min_lr=None, max_lr=None)
-    recs = run(model, opt, sched, make_criterion("softmax_ce"), [batches(X, y, 128, seed=0)[:8]])
-    # oracle: the follow-up paper's EMAs, fed batch 0 (warm start), then batches 0..t-1
-    K = K1 = K2 = 0.0
+    crit = sched.wrap_loss(make_criterion("softmax_ce"))
+    # the oracle's own L per batch, not the scheduler's: a separate penultimate forward, the
+    # weights behind the gradient, and the paper's formula typed here (eq. 20 + lam*max||w||)
+    Ls, recs = [], []
+    for x, yb in batches(X, y, 128, seed=0)[:8]:
+        with torch.no_grad():
+            K_z = torch.relu(model[0](x)).norm().item()
+        w_max = w_max_of(model)
+        Ls.append((1.0 / paper_softmax_lr(K_z, 10, len(x), lam, w_max), lam * w_max))
+        crit(model(x), yb).backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        recs.append(sched.last_record)
+    # the follow-up paper's EMAs over batches 0, 1, ...: step 0 runs at the warm start (batch 0),
+    # step 1 too (the batch that set a rate does not set it again), step t+1 at the EMA of 0..t
+    K = K1 = K2 = K_rms = 0.0
     want = []
-    for t, rec in enumerate(recs):
-        L, wd = rec["L"], rec["lam"] * rec["w_max"]
+    for t, (L, wd) in enumerate(Ls[:-1]):
         L2 = L * L - wd * wd                                  # the λ²·max‖w‖² term dropped
         K, K1, K2 = 0.9 * K + 0.1 * L, 0.9 * K1 + 0.1 * L, 0.999 * K2 + 0.001 * L2
+        K_rms = 0.9 * K_rms + 0.1 * L2
         c, c2 = ((1 - 0.9 ** (t + 1)), (1 - 0.999 ** (t + 1))) if bias_correction else (1.0, 1.0)
-        K_rms = 0.9 * (K_rms if t else 0.0) + 0.1 * L2
         lr = {"momentum": c / K, "rmsprop": math.sqrt(K_rms / c + 1e-8) / L,
               "adam": (math.sqrt(K2 / c2) + 1e-8) / (K1 / c)}[variant]
         want.append(lr)
-    got = [r["lr"] for r in recs[1:]] + [sched.get_last_lr()[0]]
-    assert recs[0]["lr"] == pytest.approx(want[0], rel=1e-9)
-    assert got == pytest.approx(want, rel=1e-9)
-    assert np.std(got) > 0
+    want = want[:1] + want
+    assert [r["lr"] for r in recs] == pytest.approx(want, rel=1e-5)
+    assert np.std(want) > 0

@@ -218,14 +218,14 @@ def test_strict_bound_holds_for_adversarial_batches():
 
 
 def test_a_users_loss_gets_the_same_treatment():
-    """A loss of one's own, derived and generated at run time (bounds.use_loss, an alias)."""
+    """A loss of one's own, derived and generated at run time (losses.register)."""
     from lipschitz_lab import losses
     from lipschitz_lab.symbolic import LossSpec, finite, real_line
     from lipschitz_lab.symbolic.symbols import y, z
     spec = LossSpec(name="logistic_pm1", title="logistic", loss=sp.log(1 + sp.exp(-y * z)) / m,
                     wrt=z, variables=(real_line(z), finite(y, (-1, 1))))
     try:
-        assert bounds.use_loss(spec) == "logistic_pm1"
+        assert losses.register(spec) == "logistic_pm1"
         assert bounds.lipschitz_bound("logistic_pm1", "corrected", K_z=3.0, m=32) == 3 / 32
         fn, _ = bounds.derivative("logistic_pm1")
         zt = torch.linspace(-30, 30, 101, requires_grad=True)

@@ -51,3 +51,17 @@ def run(model, opt, sched, crit, epochs, *, start_epoch=0, skip=0, stop=None):
             records.append(sched.last_record)
         sched.epoch_end()
     return records
+
+
+def kill_mid_run(store: str, config: dict, epoch: int, step_in_epoch: int, steps_per_epoch: int) -> None:
+    """Train ``config`` and SIGKILL this process at the given step of ``epoch`` (a real kill: no
+    finally block runs, the store keeps what was committed).  Run it in a child process."""
+    import os
+    import signal
+
+    from lipschitz_lab.trainer import train
+
+    def killer(rec):
+        if rec["kind"] == "step" and rec["epoch"] == epoch and rec["step"] % steps_per_epoch == step_in_epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+    train({**config, "flush_every": 1}, store=store, subscribers=[killer], progress=False)

@@ -62,7 +62,7 @@ def _first_tensor(args: Iterable[Any]) -> torch.Tensor | None:
     return next((a for a in args if isinstance(a, torch.Tensor)), None)
 
 
-def _add(old, new):
+def _add(old, new):   # a running sum that starts at the first term
     return new if old is None else old + new
 
 
@@ -92,10 +92,8 @@ class Probe:
                  sigma: str | None = None, power_iters: int = 2, scale_check: ScaleCheck | None = None):
         if sigma is not None and sigma not in SIGMA_METHODS:
             raise ValueError(f"sigma must be one of {', '.join(SIGMA_METHODS)} or None; got sigma={sigma!r}")
-        self.model = model
+        self.model, self.sync_distributed, self.sigma = model, sync_distributed, sigma
         self.layer_name, self.layer = find_last_linear(model, layer)
-        self.sync_distributed = sync_distributed
-        self.sigma = sigma
         self._power = PowerIteration(power_iters) if sigma == "power" else None
         self.scale_check = scale_check
         # parameters in a fixed order, with the owning module of each
@@ -264,7 +262,6 @@ class Probe:
     def epoch_max_values(self) -> list[float] | None:
         """The running maxima as plain numbers (syncs), for a checkpoint."""
         return None if self._epoch is None else self._epoch.tolist()
-
     @property
     def epoch_max(self) -> dict[str, float]:
         """The epoch's running maxima by name (syncs); {} before the first read."""
