@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+#: printed where a field does not apply (a bound for a constant-rate run) or is missing
+NONE = "\u2014"
 
 
 def register(sub) -> None:
     p = sub.add_parser("runs", help="list, show or export runs in the store")
-    p.add_argument("--store", default=None, help="run store (default: runs/lipschitz_lab.db)")
+    p.add_argument("--store", default=None,
+                   help="run store (default: $LIPSCHITZ_LAB_STORE, else runs/lipschitz_lab.db)")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     ls = actions.add_parser("list", help="one line per run")
@@ -17,7 +22,7 @@ def register(sub) -> None:
     exp = actions.add_parser("export", help="a run's records as CSV")
     exp.add_argument("run_id")
     exp.add_argument("--kind", default="step", choices=("step", "epoch"))
-    exp.add_argument("--out", "-o", required=True, help="CSV file to write")
+    exp.add_argument("--out", "-o", required=True, help="CSV file to write (its folder must exist)")
     p.set_defaults(func=run)
 
 
@@ -26,16 +31,40 @@ def _store(args):
     return open_store(args.store)
 
 
+def bound_of(config: dict) -> str:
+    """The run's bound variant, or NONE when its rate is not 1/L (a baseline policy)."""
+    from lipschitz_lab.config import TrainConfig
+    if config.get("lr_policy", TrainConfig.lr_policy) != "lipschitz":
+        return NONE
+    return config.get("bound") or NONE
+
+
+def _list(store, args) -> int:
+    runs = store.list_runs(study=args.study, status=args.status)
+    print(f"{'run id':<26} {'status':<9} {'dataset':<14} {'model':<10} {'policy':<18} {'bound':<9} name")
+    for r in runs:
+        c = r["config"]
+        print(f"{r['id']:<26} {r['status']:<9} {c.get('dataset') or NONE:<14} {c.get('model') or NONE:<10} "
+              f"{c.get('lr_policy') or NONE:<18} {bound_of(c):<9} {r['name'] or ''}")
+    return 0
+
+
+def _export(store, args) -> int:
+    out = Path(args.out)
+    folder = out.parent
+    if not folder.is_dir():        # as cp does: write into a folder that exists, create none
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise ValueError(f"out={args.out!r}: the folder {str(folder)!r} {what}; create it first")
+    store.get_run(args.run_id)     # an unknown id is named before anything is written
+    path = store.export_csv(args.run_id, out, kind=args.kind)
+    print(f"wrote {path}")
+    return 0
+
+
 def run(args) -> int:
     store = _store(args)
     if args.action == "list":
-        runs = store.list_runs(study=args.study, status=args.status)
-        print(f"{'run id':<26} {'status':<9} {'dataset':<14} {'model':<10} {'policy':<10} {'bound':<9} name")
-        for r in runs:
-            c = r["config"]
-            print(f"{r['id']:<26} {r['status']:<9} {c.get('dataset', '-'):<14} {c.get('model', '-'):<10} "
-                  f"{c.get('lr_policy', '-'):<10} {c.get('bound', '-'):<9} {r['name'] or ''}")
-        return 0
+        return _list(store, args)
     if args.action == "show":
         r = store.get_run(args.run_id)
         print(json.dumps({k: r[k] for k in ("id", "name", "study", "status", "reason", "created",
@@ -43,6 +72,4 @@ def run(args) -> int:
         for e in store.records(args.run_id, kind="epoch"):
             print(json.dumps(e))
         return 0
-    path = store.export_csv(args.run_id, args.out, kind=args.kind)
-    print(f"wrote {path}")
-    return 0
+    return _export(store, args)

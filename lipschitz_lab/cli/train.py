@@ -2,34 +2,66 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 
+from lipschitz_lab.cli import LaterHelp
 from lipschitz_lab.config import PRESETS, ConfigError, TrainConfig, load_config
 
 #: flags that map one-to-one onto TrainConfig fields (flag name = field name with dashes)
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _SKIP = {"dataset_options", "model_options", "name", "study"}
 
+#: what a TrainConfig field means, where its comment in config.py says why its default is
+#: what it is rather than what the field is; every other flag's help is its comment
+MEANINGS = {
+    "dataset": "the data set to train on",
+    "model": "the architecture; K_z is measured at its last nn.Linear",
+    "loss": "the loss E whose Lipschitz bound L sets lr = 1/L (--loss-module adds your own)",
+    "lr_policy": "how the rate is chosen: lipschitz (lr = 1/L) or a baseline schedule or optimizer",
+    "optimizer": "the update rule; with lipschitz, the follow-up paper's rate for it",
+    "bound": "which bound sets the rate: paper (as published), corrected (the derived supremum), "
+             "strict (a rigorous bound on the last layer's gradient) or smooth (lr = c/beta, from the "
+             "smoothness supremum S2)",
+    "kz": "the K_z definition: frobenius (||A||_F of the penultimate activations) or max_abs (max |a|)",
+    "recompute": "when lr = 1/L is recomputed",
+    "lr": "the rate of the baseline policies (lipschitz sets its own, 1/L)",
+    "min_lr": "the smallest rate lipschitz may set",
+    "max_lr": "the largest rate lipschitz may set (K_z = 0 gives L = 0 and this rate)",
+    "batch_size": "m, the examples per step",
+    "epochs": "passes over the training set",
+    "weight_decay": "lambda, the L2 weight decay; L grows by lambda * max||w||",
+    "seed": "seeds the weights, the splits and the batch order",
+    "val_fraction": "share of the training set held out for validation",
+    "device": "where to train",
+}
+
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train one run with LipschitzLR (or a baseline policy)")
+    p = sub.add_parser("train", help="train one run with LipschitzLR (or a baseline policy)",
+                       description="Train one run and record it in the run store. Every flag from "
+                                   "--dataset on is a field of TrainConfig (lipschitz_lab/config.py); "
+                                   "--config reads them from a TOML file and flags override it.")
     p.add_argument("--config", metavar="FILE.toml", help="read fields from a TOML file (flags override it)")
-    p.add_argument("--preset", choices=None, metavar="NAME",
-                   help=f"the paper's experiments: {', '.join(PRESETS)}")
-    p.add_argument("--store", default=None, help="run store (default: runs/lipschitz_lab.db)")
+    p.add_argument("--preset", metavar="NAME", help=f"the paper's experiments: {', '.join(PRESETS)}")
+    p.add_argument("--loss-module", action="append", metavar="PATH", default=[],
+                   help="a Python file that registers losses of your own, loaded before the config "
+                        "is checked (repeatable)")
+    p.add_argument("--store", default=None,
+                   help="run store (default: $LIPSCHITZ_LAB_STORE, else runs/lipschitz_lab.db)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
     p.add_argument("--name", help="a name for the run")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
     for name, f in _FIELDS.items():
-        if name in _SKIP or name == "name":
+        if name in _SKIP:
             continue
         flag = "--" + name.replace("_", "-")
         if f.type in ("bool", bool):
-            p.add_argument(flag, dest=name, action=argparse_bool(), default=None)
+            p.add_argument(flag, dest=name, action=argparse_bool(), default=None, help=_help_for(name))
         else:
             p.add_argument(flag, dest=name, default=None, metavar=name.upper(),
-                           type=_parser_for(name, f.default))
+                           type=_parser_for(name, f), help=_help_for(name))
     p.set_defaults(func=run)
 
 
@@ -38,8 +70,47 @@ def argparse_bool():
     return argparse.BooleanOptionalAction
 
 
-def _parser_for(name: str, default):
-    kind = type(default) if default is not None else (int if name in ("fixed_after", "max_steps", "train_subset") else str)
+@functools.lru_cache(maxsize=1)
+def field_comments() -> dict[str, str]:
+    """Each TrainConfig field's comment in config.py (why its default is what it is)."""
+    import ast
+    import inspect
+    import io
+    import tokenize
+
+    from lipschitz_lab import config
+    source = inspect.getsource(config)
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    cls = next(node for node in ast.parse(source).body
+               if isinstance(node, ast.ClassDef) and node.name == TrainConfig.__name__)
+    return {node.target.id: comments[node.end_lineno] for node in cls.body
+            if isinstance(node, ast.AnnAssign) and node.end_lineno in comments}
+
+
+def _help_for(name: str) -> LaterHelp:
+    """The flag's help, built when help is shown: what it means, its choices, its default and why."""
+    def text() -> str:
+        from lipschitz_lab.choices import choices
+        why = field_comments().get(name)
+        parts = [MEANINGS.get(name) or why or ""]
+        options = choices().get(name)
+        if options:
+            parts.append(f"one of: {', '.join(options)}")
+        default = _FIELDS[name].default
+        default = None if default is dataclasses.MISSING else default
+        parts.append(f"default: {default}" + (f" ({why})" if why and name in MEANINGS else ""))
+        return "; ".join(p for p in parts if p)
+    return LaterHelp(text)
+
+
+def _parser_for(name: str, f: dataclasses.Field):
+    """Parse the flag's text as the field's type (``int | None`` -> int); errors name the field."""
+    if f.default is not None and f.default is not dataclasses.MISSING:
+        kind = type(f.default)
+    else:
+        annotation = str(f.type)
+        kind = int if annotation.startswith("int") else float if annotation.startswith("float") else str
 
     def parse(text: str):
         try:
@@ -50,7 +121,16 @@ def _parser_for(name: str, default):
     return parse
 
 
+def load_loss_modules(paths) -> None:
+    """Import each file of loss definitions (``--loss-module``), naming what it registered."""
+    for path in paths:
+        from lipschitz_lab.losses import load_loss_module
+        names = load_loss_module(path)
+        print(f"registered {', '.join(names) or 'no loss'} from {path}", file=sys.stderr)
+
+
 def build_config(args) -> TrainConfig:
+    load_loss_modules(getattr(args, "loss_module", None) or [])
     data: dict = {}
     if args.preset:
         if args.preset not in PRESETS:
@@ -63,8 +143,6 @@ def build_config(args) -> TrainConfig:
         if value is not None:
             data[name] = value
     return TrainConfig.from_dict(data).validate()
-
-
 def print_table(run, out=None) -> None:
     out = out or sys.stdout
     def f(v, fmt):

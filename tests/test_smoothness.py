@@ -1,0 +1,146 @@
+"""The smoothness bound measured live (issue 12, item 2): β = S₂·σ_max([A, 1])² bounds the
+top eigenvalue of the last layer's loss Hessian on every step, and lr = c/β is a safe step.
+
+Oracles: the Hessian's top eigenvalue by Hessian-vector-product power iteration with
+autograd (float64), σ_max by torch.linalg.matrix_norm(ord=2), and the descent lemma checked
+by evaluating the loss after the step."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lipschitz_lab import LipschitzLR
+from lipschitz_lab.losses import make_criterion
+from lipschitz_lab.scheduler import SmoothOptions
+from train_helpers import batches, dataset, mlp
+
+CASES = [("digits", "softmax_ce", 10), ("breast_cancer", "bce", 1), ("diabetes", "mse", 1)]
+
+
+def last_layer_loss(A, y, loss):
+    """E(W, b) for the batch's penultimate activations A, as a function of the last layer alone."""
+    crit = make_criterion(loss)
+    return lambda W, b: crit(A @ W.T + b, y)
+
+
+def hessian_top_eigenvalue(A, y, W, b, loss, v=None, iters=25):
+    """λ_max of ∂²E/∂(W, b)² by power iteration on Hessian-vector products (float64 autograd),
+    warm-started from ``v``; returns (λ, v)."""
+    f = last_layer_loss(A.double(), y if loss == "softmax_ce" else y.double(), loss)
+    W, b = W.detach().double(), b.detach().double()
+    v = (torch.ones_like(W), torch.ones_like(b)) if v is None else v
+    lam = 0.0
+    for _ in range(iters):
+        norm = math.sqrt(sum((t * t).sum().item() for t in v))
+        v = tuple(t / norm for t in v)
+        _, hv = torch.autograd.functional.hvp(f, (W, b), v)
+        lam = sum((h * t).sum().item() for h, t in zip(hv, v))      # Rayleigh quotient (H is PSD)
+        v = hv
+    return lam, v
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("name,loss,k", CASES)
+def test_the_hessians_top_eigenvalue_never_exceeds_beta(name, loss, k):
+    X, y = dataset(name)
+    model = mlp(X.shape[1], k)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sched = LipschitzLR(opt, model, loss, num_classes=k if k > 1 else None, bound="smooth", recompute="step",
+                        max_lr=10.0)
+    crit = sched.wrap_loss(make_criterion(loss))
+    data = [b for e in range(40) for b in batches(X, y, 32, seed=e)][:200]
+    ratios, v = [], None
+    for x_, y_ in data:
+        with torch.no_grad():
+            A = model[:-1](x_)
+        lam, v = hessian_top_eigenvalue(A, y_, model[-1].weight, model[-1].bias, loss, v)
+        crit(model(x_), y_).backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        rec = sched.last_record
+        assert lam <= rec["beta"] * (1 + 1e-9), (rec["step"], lam, rec["beta"])
+        ratios.append(lam / rec["beta"])
+    assert len(ratios) == 200
+    assert max(ratios) > 1e-3           # the bound is not vacuous: it is within 1000x somewhere
+
+
+@pytest.mark.parametrize("name,loss,k", CASES)
+def test_sigma_max_tracks_the_spectral_norm_and_frobenius_bounds_it(name, loss, k):
+    X, y = dataset(name)
+    for method in ("power", "frobenius"):
+        model = mlp(X.shape[1], k)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        sched = LipschitzLR(opt, model, loss, num_classes=k if k > 1 else None, bound="smooth",
+                            recompute="step", smooth=SmoothOptions(sigma=method))
+        crit = sched.wrap_loss(make_criterion(loss))
+        for t, (x_, y_) in enumerate(batches(X, y, 32, seed=0)[:12]):
+            with torch.no_grad():
+                A = model[:-1](x_)
+                B = torch.cat([A, torch.ones(len(A), 1)], dim=1).double()
+                sigma = torch.linalg.matrix_norm(B, ord=2).item()
+            crit(model(x_), y_).backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            got = sched.last_record["sigma_max"]
+            if method == "frobenius":
+                assert got >= sigma * (1 - 1e-6)
+            elif t >= 3:                                  # warm-started: a few steps to lock on
+                assert got == pytest.approx(sigma, rel=2e-3)
+                assert got <= sigma * (1 + 1e-5)          # a Rayleigh quotient: never above
+
+
+@pytest.mark.parametrize("momentum,c", [(0.0, 1.0), (0.0, 2.0), (0.9, 1.0)])
+def test_the_smooth_rate_is_c_over_beta_with_the_heavy_ball_limit(momentum, c):
+    X, y = dataset("digits")
+    model = mlp(64, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=momentum)
+    sched = LipschitzLR(opt, model, "softmax_ce", num_classes=10, bound="smooth", recompute="step",
+                        smooth=SmoothOptions(c=c), variant_optimizer="momentum" if momentum else "sgd",
+                        max_lr=100.0)
+    crit = sched.wrap_loss(make_criterion("softmax_ce"))
+    for x_, y_ in batches(X, y, 64, seed=0)[:6]:
+        crit(model(x_), y_).backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        rec = sched.last_record
+        # 2(1+μ)/β scaled by c/2; S₂ = 1/(2m) for softmax-CE, typed here
+        beta = rec["sigma_max"] ** 2 / (2 * rec["m"])
+        assert rec["beta"] == pytest.approx(beta, rel=1e-12)
+        if rec["step"] >= 1:
+            assert rec["lr_next"] == pytest.approx(c * (1 + momentum) / beta, rel=1e-9)
+        assert rec["lr_smooth"] == pytest.approx(c * (1 + momentum) / beta, rel=1e-9)
+
+
+@pytest.mark.parametrize("name,loss,k", CASES)
+def test_a_step_of_one_over_beta_on_the_last_layer_never_increases_the_loss(name, loss, k):
+    """The descent lemma: E(W - ∇E/β) <= E(W) - |∇E|²/(2β) for a β-smooth E."""
+    X, y = dataset(name)
+    model = mlp(X.shape[1], k)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sched = LipschitzLR(opt, model, loss, num_classes=k if k > 1 else None, bound="smooth", recompute="step",
+                        measure_beta=True)
+    crit = sched.wrap_loss(make_criterion(loss))
+    for x_, y_ in batches(X, y, 32, seed=3)[:20]:
+        crit(model(x_), y_).backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        beta = sched.last_record["beta"]
+        with torch.no_grad():
+            A = model[:-1](x_).double()
+        f = last_layer_loss(A, y_ if loss == "softmax_ce" else y_.double(), loss)
+        W = model[-1].weight.detach().double().requires_grad_()
+        b = model[-1].bias.detach().double().requires_grad_()
+        E = f(W, b)
+        gW, gb = torch.autograd.grad(E, (W, b))
+        with torch.no_grad():
+            after = f(W - gW / beta, b - gb / beta).item()
+        g2 = (gW * gW).sum().item() + (gb * gb).sum().item()
+        assert after <= E.item() - g2 / (2 * beta) + 1e-12
