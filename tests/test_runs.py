@@ -456,3 +456,73 @@ def test_sigkill_keeps_every_committed_append(store):
     reopened.append_records(run_id, [{"kind": "step", "step": len(steps), "epoch": 0}])
     reopened.set_status(run_id, "failed", reason="killed")
     assert len(reopened.records(run_id)) == len(steps) + 1
+
+
+def test_a_version_1_store_is_migrated_and_keeps_everything(tmp_path):
+    from lipschitz_lab.runs.leases import claim, events
+    from lipschitz_lab.runs.schema import MIGRATIONS
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as conn, conn:           # a store as version 1 wrote it
+        for statement in MIGRATIONS[1].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT INTO runs VALUES ('r-1', 'n', 's', 's/p/seed=0/x', '{\"lr\": 0.1}', 'stopped', 'why',"
+                     " '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')")
+        conn.execute("INSERT INTO records VALUES ('r-1', 0, 'epoch', 3, 0, '{\"kind\": \"epoch\", \"epoch\": 0}')")
+        conn.execute("PRAGMA user_version = 1")
+    store = RunStore(path)
+    assert sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 2
+    run = store.get_run("r-1")
+    assert (run["status"], run["reason"], run["config"]) == ("stopped", "why", {"lr": 0.1})
+    assert store.records("r-1") == [{"kind": "epoch", "epoch": 0}]
+    assert claim(store, "s/p/seed=0/x", "me", ttl=10).granted           # the new tables work
+    store.set_status("r-1", "running")
+    assert [(e["event"], e["detail"]) for e in events(store, run_id="r-1")] == [("claim", None), ("status", "running")]
+
+
+def test_every_status_a_run_takes_is_an_event(store):
+    from lipschitz_lab.runs.leases import events
+    run_id = store.create_run({}, key="k")
+    store.set_status(run_id, "stopped", "user")
+    store.set_status(run_id, "running")
+    store.set_status(run_id, "finished")
+    store.delete_run(run_id)                                     # the history outlives the run
+    assert [(e["event"], e["detail"], e["key"]) for e in events(store, run_id=run_id)] == [
+        ("status", s, "k") for s in ("running", "stopped", "running", "finished")]
+
+
+def test_create_run_keeps_a_proposed_id_unless_it_is_taken(store):
+    first = store.create_run({}, run_id="r-20260101-000000-abcd")
+    assert first == "r-20260101-000000-abcd"
+    second = store.create_run({}, run_id=first)                  # taken: a fresh id instead
+    assert second != first and second.startswith("r-") and len(store.list_runs()) == 2
+
+
+def test_checkpoint_path_and_checkpoint_saved(store, tmp_path):
+    from lipschitz_lab.runs.checkpoint import write_atomic
+    run_id = store.create_run({})
+    path = store.checkpoint_path(run_id)
+    assert path == store.path.parent / "checkpoints" / f"{run_id}.pt"   # where the trainer always put it
+    write_atomic(path, b"\x00bytes")
+    store.checkpoint_saved(run_id, path, 3)
+    assert path.read_bytes() == b"\x00bytes" and store.artifacts(run_id) == {"checkpoint": str(path)}
+    assert [p.name for p in path.parent.iterdir()] == [path.name]        # no temp file left behind
+
+
+def test_open_store_takes_paths_stores_and_store_like_objects(tmp_path, monkeypatch):
+    from lipschitz_lab.runs import open_store
+
+    class Proxy:                         # the writing surface of a store, e.g. a study worker's proxy
+        def create_run(self, config, **kw): ...
+        def append_records(self, run_id, records): ...
+        def set_status(self, run_id, status, reason=None): ...
+
+    store = RunStore(tmp_path / "a.db")
+    assert open_store(store) is store
+    assert open_store(tmp_path / "b.db").path == tmp_path / "b.db"
+    monkeypatch.setenv("LIPSCHITZ_LAB_STORE", str(tmp_path / "c.db"))
+    assert open_store(None).path == tmp_path / "c.db"
+    proxy = Proxy()
+    assert open_store(proxy) is proxy
+    with pytest.raises(ValueError, match="store=42"):
+        open_store(42)

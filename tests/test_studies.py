@@ -1,7 +1,10 @@
 """What-if studies: every policy trains, re-runs skip, divergence and failures are recorded,
 the table equals the store's records, the CLI and the study panel work."""
+import io
 import math
 import re
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -12,8 +15,10 @@ import pytest
 from lipschitz_lab import policies as policies_mod
 from lipschitz_lab.config import ConfigError
 from lipschitz_lab.runs import RunStore
+from lipschitz_lab.runs.leases import claim, leases
 from lipschitz_lab.policies.baselines import BASELINES, RANGE_ITERS, suggest_lr
 from lipschitz_lab.studies.results import study_table, summary_markdown, verdict
+from lipschitz_lab.studies.progress import progress
 from lipschitz_lab.studies.runner import run_study
 from lipschitz_lab.studies.spec import PolicyEntry, StudySpec, catalogue, load_study, select
 
@@ -178,11 +183,32 @@ def stop_soon(stop: threading.Event, after: float):
     return on_start
 
 
+def stop_after_an_epoch(store, stop: threading.Event):
+    """An on_start callback: set ``stop`` once the first run has stored an epoch (so a checkpoint
+    is written before the next batch), however slow the machine is today."""
+    started = []
+
+    def watch():
+        watcher, deadline = RunStore(store.path), time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if any(watcher.records(r["id"], "epoch") for r in watcher.list_runs()):
+                stop.set()
+                return
+            time.sleep(0.02)
+
+    def on_start(plan):
+        started.append(plan.policy)
+        if len(started) == 1:
+            threading.Thread(target=watch, daemon=True).start()
+    on_start.started = started
+    return on_start
+
+
 def test_stop_ends_the_run_in_flight_starts_no_more_and_a_rerun_resumes(tmp_path):
     spec = tiny("stop", select(["constant-0.1", "constant-0.3", "constant-0.03"]), epochs=40, max_steps=None)
     store = RunStore(tmp_path / "s.db")
     stop = threading.Event()
-    on_start = stop_soon(stop, 0.5)
+    on_start = stop_after_an_epoch(store, stop)
     result = run_study(spec, store, stop_event=stop, on_start=on_start)
     assert len(on_start.started) == 1                           # nothing started after the stop
     by = {o.policy: o for o in result.outcomes}
@@ -302,7 +328,7 @@ def test_summary_says_where_lipschitz_stands(finished_study):
     text = summary_markdown(table, spec)
     rank = int(table.set_index("policy").loc["lipschitz-strict-epoch-sgd", "rank"])
     ordinal = {1: "1st", 2: "2nd", 3: "3rd"}[rank]
-    assert f"best LipschitzLR variant (`lipschitz-strict-epoch-sgd`" in text
+    assert "best LipschitzLR variant (`lipschitz-strict-epoch-sgd`" in text
     assert f"ranks {ordinal} of 3 policies" in text and verdict(table) in text
     assert text.count("| `") == 3
 
@@ -347,6 +373,8 @@ def test_cli_tiny_study_from_toml(cli, tmp_path):
     code, out, err = cli("study", "--config", cfg, "--store", tmp_path / "s.db", "--out", tmp_path / "out")
     assert code == 0, err
     assert "`constant-0.1`" in out and "`my-const`" in out
+    assert re.search(r"^\[1/2\] constant-0\.1 +seed 0  new +finished", err, re.M)     # not a tty: plain lines
+    assert re.search(r"^\[2/2\] my-const +seed 0  new +finished", err, re.M)
     assert (tmp_path / "out" / "summary.md").read_text().startswith("## What-if study: tiny-cli")
     assert (tmp_path / "out" / "plots.html").exists()
     assert len(RunStore(tmp_path / "s.db").list_runs(study="tiny-cli")) == 2
@@ -396,6 +424,126 @@ def test_study_panel_stop_says_stopped_and_keeps_the_runs(tmp_path):
     assert text.startswith("stopped") and "1 runs stopped, 1 not started" in text, text
     (run,) = RunStore(tmp_path / "s.db").list_runs(study="panel-stop")
     assert run["status"] == "stopped"
+
+# -- backends, leases, progress --------------------------------------------------------------
+def test_importing_the_studies_does_not_import_ray(python):
+    code = ("import sys, lipschitz_lab.studies as s, lipschitz_lab.studies.runner, lipschitz_lab.cli.study\n"
+            "s.run_study, s.progress, s.StudyProgress\n"
+            "assert 'ray' not in sys.modules, 'ray was imported'")
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_missing_ray_is_one_line_naming_the_extra(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)                    # `import ray` fails as if not installed
+    monkeypatch.delitem(sys.modules, "lipschitz_lab.studies.ray_backend", raising=False)
+    code, out, err = cli("study", "--preset", "digits-quick", "--policies", "constant-0.1", "--seeds", "0",
+                         "--backend", "ray", "--store", tmp_path / "s.db")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "pip install 'lipschitz-lab[ray]'" in err
+    with pytest.raises(ImportError, match=r"lipschitz-lab\[ray\]"):
+        run_study(tiny("no-ray", select("constant-0.1")), tmp_path / "s.db", backend="ray")
+    assert RunStore(tmp_path / "s.db").list_runs() == [] and leases(RunStore(tmp_path / "s.db")) == {}
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"backend": "spark"}, "backend='spark'"),
+    ({"address": "auto"}, "address='auto'"),
+    ({"workers": 0}, "workers=0"),
+    ({"lease_timeout_s": 0}, "lease_timeout_s=0"),
+    ({"cpus_per_run": 0}, "cpus_per_run=0"),
+])
+def test_bad_run_study_arguments_name_the_field(kwargs, field, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(field)):
+        run_study(tiny("bad", select("constant-0.1")), tmp_path / "s.db", **kwargs)
+    assert RunStore(tmp_path / "s.db").list_runs() == []
+
+
+def test_cli_address_without_ray_is_one_line_exit_2(cli):
+    code, _, err = cli("study", "--preset", "digits-quick", "--address", "auto", "--no-run")
+    assert code == 2 and err.count("\n") == 1 and "--address='auto'" in err
+
+
+def test_progress_counts_done_running_stale_and_pending(tmp_path):
+    spec = tiny("prog", select(["constant-0.1", "constant-0.3", "constant-0.03", "constant-0.01"]), epochs=2,
+                max_steps=None)
+    store = RunStore(tmp_path / "s.db")
+    empty = progress(store, spec)
+    assert (empty.total, empty.done, empty.pending, empty.eta_s) == (4, 0, 4, None)
+    run_study(spec.replace(policies=spec.policies[:2]), store)     # the same keys: two runs finished
+    a, b, c, d = spec.runs()
+    store.create_run(c.config, name=c.policy, study=spec.name, key=c.key)   # "running", nobody holds it
+    claim(store, d.key, "someone:1:ab", ttl=60)                             # claimed, not created yet
+    p = progress(str(store.path), spec)
+    assert (p.total, p.done, p.running, p.stale, p.pending) == (4, 2, 1, 1, 1)
+    assert p.by_status == {"finished": 2, "running": 1, "pending": 1} and p.owners == {"someone:1:ab": 1}
+    assert (p.epochs_done, p.epochs_total) == (4, 8) and p.fraction == 0.5 and not p.finished
+    # ETA: two runs left, each as long as the finished ones took (their last epoch's time), one at a time
+    took = [store.records(store.find_run(x.key)["id"], "epoch")[-1]["time"] for x in (a, b)]
+    assert p.eta_s == pytest.approx(2 * np.mean(took) / 1)
+    assert p.line().startswith("2/4 runs done, 1 running, 1 stale, ETA ")
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    from lipschitz_lab.cli.study import StudyBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    spec = tiny("bar", select(["constant-0.1", "constant-0.3"]))
+    store, tty = RunStore(tmp_path / "s.db"), Terminal()
+    with StudyBar(store, spec, 2, stream=tty) as bar:
+        run_study(spec, store, on_outcome=bar.outcome)
+    text = tty.getvalue()
+    assert "2/2" in text and "ETA " in text                        # after the first run: one left, timed
+    assert re.search(r"constant-0\.1 +seed 0  new +finished", text) and "constant-0.3" in text
+
+
+def test_remote_store_sends_every_write_and_the_driver_writes_them(tmp_path):
+    """A worker's proxy and the driver's receiver, wired by a list instead of Ray."""
+    from lipschitz_lab.studies.remote_store import Receiver, RemoteStore
+    from lipschitz_lab.trainer import train
+    (plan,) = tiny("proxy", select("lipschitz-strict-epoch-sgd"), epochs=3, max_steps=None).runs()
+    direct = RunStore(tmp_path / "direct.db")
+    expected = train(plan.config, store=direct, run_key=plan.key, progress=False)
+    sent = []
+    proxy = RemoteStore(tmp_path / "worker", sent.append)
+    run = train(plan.config, store=proxy, run_key=plan.key, progress=False)
+    assert run.status == "finished" and not proxy.path.exists()            # no store on the worker
+    ops = [op for op, _, _ in sent]
+    assert ops[0] == "create_run" and ops[-1] == "set_status" and ops.count("checkpoint") == 3
+    assert ops.index("checkpoint") > ops.index("append_records")           # an epoch's records go first
+    driver = RunStore(tmp_path / "driver.db")
+    claim(driver, plan.key, "me", ttl=60)
+    receiver = Receiver(driver.path, plan.key, "me")
+    for message in sent:
+        receiver.apply(message)
+    run_id = receiver.run_id(run.run_id)
+    assert driver.get_run(run_id)["status"] == "finished"
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
+    assert strip(driver.records(run_id)) == strip(direct.records(expected.run_id))
+    assert driver.checkpoint_path(run_id).read_bytes() == proxy.checkpoint_path(run.run_id).read_bytes()
+    assert driver.artifacts(run_id)["checkpoint"] == str(driver.checkpoint_path(run_id))
+
+
+def test_remote_store_ships_the_checkpoints_it_is_told_of_and_not_a_seeded_one(tmp_path):
+    from lipschitz_lab.studies.remote_store import RemoteStore
+    sent = []
+    proxy = RemoteStore(tmp_path, sent.append, run={"id": "r-1", "key": "k", "status": "stopped"})
+    proxy.seed_checkpoint("r-1", b"from the driver")
+    proxy.set_status("r-1", "running")
+    assert [op for op, _, _ in sent] == ["set_status"]                       # the seed is the driver's own
+    path = proxy.checkpoint_path("r-1")
+    path.write_bytes(b"epoch 3")
+    proxy.checkpoint_saved("r-1", path, 3)                                   # the trainer's call
+    proxy.append_records("r-1", [{"kind": "epoch", "epoch": 4}])
+    assert [(op, args[1:]) for op, args, _ in sent if op == "checkpoint"] == [("checkpoint", (b"epoch 3", 3))]
+    assert proxy.get_run("r-1")["status"] == "running" and proxy.find_run("other") is None
+    with pytest.raises(ValueError, match="status"):
+        proxy.set_status("r-1", "done")
+    with pytest.raises(ValueError, match="unknown run id 'r-2'"):
+        proxy.get_run("r-2")
+
 
 @pytest.mark.slow
 def test_notebook_03_runs_quick(tmp_path):

@@ -21,12 +21,22 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     A crash mid-save leaves the previous checkpoint (or none), never a torn one:
     ``os.replace`` within one folder is atomic on POSIX and Windows.
     """
+    return _atomic(path, lambda f: torch.save(state, f))
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Bytes to ``path``, all or nothing, as :func:`save_checkpoint` (a checkpoint shipped
+    from a study's worker to the driver lands this way)."""
+    return _atomic(path, lambda f: f.write(data))
+
+
+def _atomic(path: str | os.PathLike, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())  # the bytes reach the disk before the name points at them
         os.replace(tmp, path)

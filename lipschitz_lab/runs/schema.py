@@ -10,17 +10,21 @@ One file holds every run.  Concurrency comes from SQLite itself:
   failing at once.
 
 The schema version lives in ``PRAGMA user_version``; ``MIGRATIONS[v]`` moves a
-database from version ``v - 1`` to ``v``.
+database from version ``v - 1`` to ``v``.  Version 2 adds ``leases`` (who trains a
+run of a study now, see :mod:`~lipschitz_lab.runs.leases`) and ``events`` (a run's
+history: every status it took, every claim and takeover); a version-1 file gains the
+two tables when it is opened, and keeps everything it held.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
 #: the version this code writes; a newer file is refused rather than misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: seconds a connection waits on another writer's lock before giving up.
 BUSY_TIMEOUT_S = 30.0
@@ -64,7 +68,30 @@ CREATE TABLE artifacts (
 );
 """
 
-MIGRATIONS: dict[int, str] = {1: _V1}
+# leases are keyed by the run's key, not its id: a launcher claims a run before the run exists
+_V2 = """
+CREATE TABLE leases (
+    key       TEXT PRIMARY KEY,   -- the run's key (a study run's stable name)
+    owner     TEXT NOT NULL,      -- the launcher training it: host:pid:token
+    heartbeat REAL NOT NULL,      -- unix time of the owner's last beat
+    ttl       REAL NOT NULL,      -- the owner beats again within ttl seconds, or loses the run
+    claimed   REAL NOT NULL
+);
+
+CREATE TABLE events (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at     REAL NOT NULL,         -- unix time
+    run_id TEXT,
+    key    TEXT,
+    event  TEXT NOT NULL,         -- status, claim, takeover, release, lost, worker, retry
+    detail TEXT,                  -- the status, the previous owner, the worker's host and pid
+    owner  TEXT
+);
+CREATE INDEX events_run ON events (run_id, event);
+CREATE INDEX events_key ON events (key, event);
+"""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
 
 T = TypeVar("T")
 
@@ -80,6 +107,35 @@ def connect(path: Path) -> sqlite3.Connection:
     retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
+
+
+def log_event(conn: sqlite3.Connection, event: str, *, run_id: str | None = None, key: str | None = None,
+              detail: str | None = None, owner: str | None = None) -> None:
+    """One row of history, inside the caller's transaction (so it lands with the change it names)."""
+    conn.execute("INSERT INTO events (at, run_id, key, event, detail, owner) VALUES (?, ?, ?, ?, ?, ?)",
+                 (time.time(), run_id, key, event, detail, owner))
+
+
+class Handle:
+    """One thread's connection; closed when the thread (or the store) goes away."""
+
+    __slots__ = ("conn", "pid")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn, self.pid = conn, os.getpid()
+
+    def close(self, _getpid=os.getpid) -> None:  # bound early: __del__ may run at shutdown
+        if self.pid == _getpid():
+            self.conn.close()
+        else:
+            ABANDONED.append(self.conn)
+
+    __del__ = close
+
+
+# Connections inherited across a fork: never used again, and never closed in the
+# child either (closing would touch the parent's file locks and WAL index).
+ABANDONED: list[sqlite3.Connection] = []
 
 
 def is_locked(exc: sqlite3.OperationalError) -> bool:

@@ -8,7 +8,6 @@ the store opens one connection per (process, thread) on first use.
 """
 from __future__ import annotations
 
-import operator
 import os
 import secrets
 import sqlite3
@@ -18,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from lipschitz_lab.runs import codec
-from lipschitz_lab.runs.frames import records_frame
-from lipschitz_lab.runs.schema import connect, migrate, retry_locked
+from lipschitz_lab.runs.records_table import RecordsMixin
+from lipschitz_lab.runs.schema import Handle, connect, log_event, migrate, retry_locked
 
 #: where runs go unless told otherwise (relative to the working directory).
 DEFAULT_DB = Path("runs") / "lipschitz_lab.db"
@@ -30,27 +29,6 @@ STORE_ENV = "LIPSCHITZ_LAB_STORE"
 STATUSES = ("running", "finished", "stopped", "diverged", "failed")
 
 T = TypeVar("T")
-
-# Connections inherited across a fork: never used again, and never closed in the
-# child either (closing would touch the parent's file locks and WAL index).
-_ABANDONED: list[sqlite3.Connection] = []
-
-
-class _Handle:
-    """One thread's connection; closed when the thread (or the store) goes away."""
-
-    __slots__ = ("conn", "pid")
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn, self.pid = conn, os.getpid()
-
-    def close(self, _getpid=os.getpid) -> None:  # bound early: __del__ may run at shutdown
-        if self.pid == _getpid():
-            self.conn.close()
-        else:
-            _ABANDONED.append(self.conn)
-
-    __del__ = close
 
 
 def _now() -> datetime:
@@ -63,16 +41,6 @@ def _check_status(status: str) -> str:
     return status
 
 
-def _int_or_none(record: dict, field: str) -> int | None:
-    value = record.get(field)
-    if value is None:
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"record field {field!r} must be an int or None, got {value!r}") from None
-
-
 def store_path(path: str | os.PathLike | None = None) -> Path:
     """The one rule for finding the store: ``path`` when given and not empty; else
     ``$LIPSCHITZ_LAB_STORE`` when set and not empty; else :data:`DEFAULT_DB`."""
@@ -82,15 +50,30 @@ def store_path(path: str | os.PathLike | None = None) -> Path:
 
 
 def open_store(store: "RunStore | str | os.PathLike | None" = None) -> "RunStore":
-    """``store`` itself when it is a :class:`RunStore`, else the store at :func:`store_path`."""
-    return store if isinstance(store, RunStore) else RunStore(store_path(store))
+    """The store at :func:`store_path` for a path (or None); ``store`` itself when it is a store:
+    a :class:`RunStore`, or an object with the same writing surface (a study worker's proxy,
+    :class:`~lipschitz_lab.studies.remote_store.RemoteStore`)."""
+    if store is None or isinstance(store, (str, os.PathLike)):
+        return RunStore(store_path(store))
+    if isinstance(store, RunStore) or all(hasattr(store, m) for m in ("create_run", "append_records", "set_status")):
+        return store
+    raise ValueError(f"store={store!r}: expected a path or a run store")
 
 
-class RunStore:
+def new_run_id(now: datetime | None = None) -> str:
+    """A fresh run id, e.g. ``r-20261128-103001-ab12`` (callers check it is unused)."""
+    now = now or _now()
+    return f"r-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+class RunStore(RecordsMixin):
     """One SQLite file of runs.  ``path`` may be a ``str`` or a ``Path``.
 
     Picklable (only the path travels), so a spawned worker can be handed the store.
     """
+
+    #: who writes through this store, for the ``events`` history (a launcher sets it)
+    owner: str | None = None
 
     def __init__(self, path: str | os.PathLike = DEFAULT_DB):
         if str(path) == ":memory:":
@@ -104,7 +87,7 @@ class RunStore:
     def _conn(self) -> sqlite3.Connection:
         handle = getattr(self._local, "handle", None)
         if handle is None or handle.pid != os.getpid():
-            handle = self._local.handle = _Handle(connect(self.path))
+            handle = self._local.handle = Handle(connect(self.path))
         return handle.conn
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -156,8 +139,13 @@ class RunStore:
 
     # -- runs -------------------------------------------------------------------------
     def create_run(self, config: dict, *, name: str | None = None, study: str | None = None,
-                   key: str | None = None) -> str:
-        """Register a new run with status "running"; returns its id, e.g. ``r-20261128-103001-ab12``."""
+                   key: str | None = None, run_id: str | None = None) -> str:
+        """Register a new run with status "running"; returns its id, e.g. ``r-20261128-103001-ab12``.
+
+        ``run_id`` proposes the id (a Ray worker draws one before the driver writes the row);
+        when another run has it already, a fresh one is drawn: the returned id is the run's.
+        """
+        proposed = run_id
         config_json = codec.encode_config(config)
 
         def insert(conn: sqlite3.Connection) -> str:
@@ -167,14 +155,15 @@ class RunStore:
                     raise ValueError(f"key {key!r} already names run {row[0]!r}")
             now = _now()
             stamp = now.isoformat(timespec="seconds")
-            while True:  # 4 hex digits: a clash within one second is rare, so just draw again
-                run_id = f"r-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-                if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
-                    break
+            run_id = proposed or new_run_id(now)
+            # 4 hex digits: a clash within one second is rare, so just draw again
+            while conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None:
+                run_id = new_run_id(now)
             conn.execute(
                 "INSERT INTO runs (id, name, study, key, config, status, reason, created, updated)"
                 " VALUES (?, ?, ?, ?, ?, 'running', NULL, ?, ?)",
                 (run_id, name, study, key, config_json, stamp, stamp))
+            log_event(conn, "status", run_id=run_id, key=key, detail="running", owner=self.owner)
             return run_id
 
         return self._write(insert)
@@ -187,6 +176,8 @@ class RunStore:
             self._require(conn, run_id)
             conn.execute("UPDATE runs SET status = ?, reason = ?, updated = ? WHERE id = ?",
                          (status, reason, _now().isoformat(timespec="seconds"), run_id))
+            (key,) = conn.execute("SELECT key FROM runs WHERE id = ?", (run_id,)).fetchone()
+            log_event(conn, "status", run_id=run_id, key=key, detail=status, owner=self.owner)
 
         self._write(update)
 
@@ -252,77 +243,14 @@ class RunStore:
     def artifacts(self, run_id: str) -> dict[str, str]:
         return self.get_run(run_id)["artifacts"]
 
-    # -- records ----------------------------------------------------------------------
-    def append_records(self, run_id: str, records: list[dict]) -> None:
-        """Append step and epoch records in one transaction: all of them land, or none."""
-        rows = []
-        for record in records:
-            if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
-                raise ValueError(f"record must be a dict with a str 'kind', got {record!r}")
-            rows.append((record["kind"], _int_or_none(record, "step"), _int_or_none(record, "epoch"),
-                         codec.encode_record(record)))
+    def checkpoint_path(self, run_id: str) -> Path:
+        """Where the trainer writes and reads the run's checkpoint: ``<store folder>/checkpoints/<id>.pt``."""
+        return self.path.parent / "checkpoints" / f"{run_id}.pt"
 
-        def insert(conn: sqlite3.Connection) -> None:
-            self._require(conn, run_id)
-            (seq,) = conn.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM records WHERE run_id = ?",
-                                  (run_id,)).fetchone()
-            conn.executemany(
-                "INSERT INTO records (run_id, seq, kind, step, epoch, data) VALUES (?, ?, ?, ?, ?, ?)",
-                [(run_id, seq + i, *row) for i, row in enumerate(rows)])
-            conn.execute("UPDATE runs SET updated = ? WHERE id = ?",
-                         (_now().isoformat(timespec="seconds"), run_id))
-
-        self._write(insert)
-
-    def records(self, run_id: str, kind: str | None = None) -> list[dict]:
-        """The run's records in the order they were appended, optionally of one kind."""
-        self.get_run(run_id)
-        sql, params = "SELECT data FROM records WHERE run_id = ?", [run_id]
-        if kind is not None:
-            sql += " AND kind = ?"
-            params.append(kind)
-        return [codec.loads(data) for (data,) in self._read(sql + " ORDER BY seq", params)]
-
-    def truncate(self, run_id: str, *, after_step: int | None = None, after_epoch: int | None = None) -> int:
-        """Drop the records past a checkpoint, before a resumed run appends again.
-
-        A record goes if its step is past ``after_step`` or its epoch past
-        ``after_epoch``.  Later appends continue the ``seq`` numbering from the
-        records kept, so a resumed run's records equal an uninterrupted run's.
-        Returns how many records were dropped.
-        """
-        if after_step is None and after_epoch is None:
-            raise ValueError("truncate needs after_step or after_epoch, got neither")
-        limit_step = -1 if after_step is None else operator.index(after_step)
-        limit_epoch = -1 if after_epoch is None else operator.index(after_epoch)
-
-        def delete(conn: sqlite3.Connection) -> int:
-            self._require(conn, run_id)
-            cur = conn.execute(
-                "DELETE FROM records WHERE run_id = ? AND ((? AND step > ?) OR (? AND epoch > ?))",
-                (run_id, after_step is not None, limit_step, after_epoch is not None, limit_epoch))
-            return cur.rowcount
-
-        return self._write(delete)
-
-    def last_epoch(self, run_id: str) -> int | None:
-        """The highest epoch that has an epoch record, or None before the first."""
-        self.get_run(run_id)
-        return self._read("SELECT MAX(epoch) FROM records WHERE run_id = ? AND kind = 'epoch'", (run_id,))[0][0]
-
-    # -- export -----------------------------------------------------------------------
-    def to_pandas(self, run_id: str, kind: str | None = "step"):
-        """One row per record; nested dicts become columns such as ``grad_layers.fc``."""
-        return records_frame(self.records(run_id, kind=kind))
-
-    def export_csv(self, run_id: str, path: str | os.PathLike, kind: str | None = "step") -> Path:
-        """The run's records as CSV (floats written to round-trip).  pandas 3 reads them back
-        exactly; with pandas 2 pass ``float_precision="round_trip"`` to ``pd.read_csv`` (its
-        default parser may miss the last digit)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.to_pandas(run_id, kind=kind).to_csv(path, index=False)
-        return path
+    def checkpoint_saved(self, run_id: str, path: str | os.PathLike, epoch: int) -> None:
+        """The trainer wrote the checkpoint of ``epoch`` to ``path``: register it as the run's
+        ``checkpoint`` artifact.  (A worker's proxy ships the file to the driver here instead.)"""
+        self.add_artifact(run_id, "checkpoint", path)
 
 
 _RUN_SELECT = "SELECT id, name, study, key, config, status, reason, created, updated FROM runs"

@@ -1,4 +1,4 @@
-"""Run a study: every (policy, seed) run, in this process or in spawned workers.
+"""Run a study: every (policy, seed) run, each trained once, whoever launches it.
 
 Every run lands in the run store under its stable key (:class:`~lipschitz_lab.studies.spec.RunPlan`),
 so running a study again picks up where the last one stopped:
@@ -7,49 +7,39 @@ so running a study again picks up where the last one stopped:
   is skipped (a diverged run would diverge again: same config, same seed);
 - a run left ``running``, ``stopped`` or ``failed`` is resumed from its last
   checkpoint (``train(..., resume=run_id)``); with no checkpoint, or when the
-  resume itself fails, it is deleted and restarted, and the outcome says so;
+  resume itself fails, it is restarted from scratch, and the outcome says so;
 - anything else is trained from scratch.
 
-A run that diverges ends as ``diverged`` (the trainer's own verdict); a run
-that raises is recorded as ``failed`` with the error as its reason.  Neither
-stops the study.
+A study may be launched from two places at once (the study panel and a terminal):
+a launcher claims a run's lease in the store before it trains it, and a heartbeat
+thread renews the lease while the run trains (:mod:`lipschitz_lab.runs.leases`).
+Another launcher leaves a run with a live lease alone and, with ``wait=True``, waits
+for it; a run whose launcher went silent for longer than its ``lease_timeout_s`` is
+taken over and resumed from its checkpoint.
 
-"running" in the store is taken to mean "its process died": do not run the
-same study from two places at once, or both would train the unfinished runs.
+A run that diverges ends as ``diverged`` (the trainer's own verdict); a run that
+raises is recorded as ``failed`` with the error as its reason.  Neither stops the
+study.  Where the runs train is the backend's business (:mod:`~lipschitz_lab.studies.backends`):
+this process, worker processes, or a Ray cluster.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from lipschitz_lab.runs import RunStore, open_store
+from lipschitz_lab.runs.leases import LEASE_TTL_S, Heartbeat, new_owner
+from lipschitz_lab.studies.backends import BACKENDS, backend_class, make_backend
+from lipschitz_lab.studies.local import InlineBackend
+from lipschitz_lab.studies.execute import DONE, execute_run
+from lipschitz_lab.studies.launch import Launch, RunOutcome
 from lipschitz_lab.studies.spec import RunPlan, StudySpec
 
-__all__ = ["RunOutcome", "StudyResult", "plan_study", "run_study", "execute_run", "DONE"]
-
-#: statuses that end a run for good: a re-run of the study skips them
-DONE = ("finished", "diverged")
-
-
-@dataclass
-class RunOutcome:
-    """What happened to one run of a study in this call."""
-
-    policy: str
-    seed: int
-    key: str
-    action: str                  # "new" | "resumed" | "restarted" | "skipped" | "not started"
-    run_id: str | None = None
-    status: str | None = None    # the store's status after the call
-    reason: str | None = None
-    note: str | None = None      # e.g. why a resume became a restart
-    wall_time: float = 0.0       # seconds spent on it in this call
+__all__ = ["RunOutcome", "StudyResult", "plan_study", "run_study", "execute_run", "DONE", "BACKENDS"]
 
 
 @dataclass
@@ -58,6 +48,8 @@ class StudyResult:
     store_path: Path
     outcomes: list[RunOutcome]
     wall_time: float
+    backend: str = "local"
+    startup_s: float = 0.0       # of wall_time: starting or connecting to the backend (a Ray cluster)
 
     def count(self, *, action: str | None = None, status: str | None = None) -> int:
         return sum((action is None or o.action == action) and (status is None or o.status == status)
@@ -75,11 +67,6 @@ class StudyResult:
                            target_acc=self.spec.target_acc if target_acc is None else target_acc)
 
 
-def _one_line(exc: BaseException, limit: int = 400) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def plan_study(spec: StudySpec, store: RunStore) -> list[tuple[RunPlan, str, str | None]]:
     """``(plan, action, run_id)`` per run: ``new``, ``skipped`` or ``resume``, from the store."""
     out = []
@@ -94,168 +81,60 @@ def plan_study(spec: StudySpec, store: RunStore) -> list[tuple[RunPlan, str, str
     return out
 
 
-def _checkpoint_exists(store: RunStore, run_id: str) -> bool:
-    # where the trainer keeps them (beside the store), or a registered artifact
-    path = store.artifacts(run_id).get("checkpoint")
-    return (Path(store.path).parent / "checkpoints" / f"{run_id}.pt").exists() or (
-        path is not None and Path(path).exists())
+def _check(workers, backend, address, lease_timeout_s, cpus_per_run) -> None:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers={workers!r}: must be an integer >= 1")
+    backend_class(backend)                  # a bad name, or a missing ray: before anything is claimed
+    if address is not None and backend != "ray":
+        raise ValueError(f"address={address!r}: only backend='ray' connects to an address")
+    if isinstance(lease_timeout_s, bool) or not isinstance(lease_timeout_s, (int, float)) or not lease_timeout_s > 0:
+        raise ValueError(f"lease_timeout_s={lease_timeout_s!r}: must be a number of seconds > 0")
+    if isinstance(cpus_per_run, bool) or not isinstance(cpus_per_run, int) or cpus_per_run < 1:
+        raise ValueError(f"cpus_per_run={cpus_per_run!r}: must be an integer >= 1")
 
 
-def _record_failure(store: RunStore, plan: RunPlan, exc: BaseException) -> str:
-    """Mark the run of ``plan`` failed (registering it first if the trainer never did)."""
-    run = store.find_run(plan.key)
-    run_id = run["id"] if run else store.create_run(plan.config, name=plan.policy, study=plan.study, key=plan.key)
-    store.set_status(run_id, "failed", _one_line(exc))
-    return run_id
-
-
-def execute_run(plan: RunPlan, store_path: str, action: str, run_id: str | None,
-                stop_event=None) -> dict[str, Any]:
-    """Train one run of a study; never raises for a failed run (returns its outcome as a dict).
-
-    Top-level, so a spawned worker can unpickle it.
-    """
-    from lipschitz_lab import trainer      # looked up at call time: tests count the calls
-    store = RunStore(store_path)
-    t0 = time.perf_counter()
-    note, resume = None, None
-    if action == "resume":
-        # the trainer restarts a run without a checkpoint in place (same id, records dropped)
-        resume = run_id
-        if _checkpoint_exists(store, run_id):
-            action = "resumed"
-        else:
-            action, note = "restarted", "no checkpoint to resume from: restarted from scratch"
-    try:
-        try:
-            run = trainer.train(plan.config, store=store, run_key=plan.key, resume=resume,
-                                stop_event=stop_event, progress=False)
-        except Exception as exc:  # noqa: BLE001 -- any resume failure means: start over
-            if resume is None:
-                raise
-            old = store.find_run(plan.key)
-            if old is not None:
-                store.delete_run(old["id"])
-            action, note = "restarted", f"resume failed ({_one_line(exc, 200)}): restarted from scratch"
-            run = trainer.train(plan.config, store=store, run_key=plan.key, stop_event=stop_event,
-                                progress=False)
-        run_id, status, reason = run.run_id, run.status, run.reason
-    except Exception as exc:  # noqa: BLE001 -- a failed run is recorded, and the study goes on
-        run_id, status, reason = _record_failure(store, plan, exc), "failed", _one_line(exc)
-    finally:
-        store.close()
-    return {"action": action, "run_id": run_id, "status": status, "reason": reason, "note": note,
-            "wall_time": time.perf_counter() - t0}
-
-
-# -- worker processes ---------------------------------------------------------------------
-_WORKER_STOP = None
-
-
-def _init_worker(threads: int, stop) -> None:
-    global _WORKER_STOP
-    import torch
-    torch.set_num_threads(threads)     # N workers share the cores instead of each taking all
-    _WORKER_STOP = stop
-
-
-def _execute_in_worker(plan: RunPlan, store_path: str, action: str, run_id: str | None) -> dict[str, Any]:
-    return execute_run(plan, store_path, action, run_id, stop_event=_WORKER_STOP)
-
-
-def run_study(spec: StudySpec, store: RunStore | str | os.PathLike | None = None, *, workers: int = 1,
-              stop_event: threading.Event | None = None,
+def run_study(spec: StudySpec, store: RunStore | str | os.PathLike | None = None, *, workers: int | None = None,
+              backend: str = "local", address: str | None = None, stop_event: threading.Event | None = None,
               on_start: Callable[[RunPlan], None] | None = None,
-              on_outcome: Callable[[RunOutcome], None] | None = None) -> StudyResult:
-    """Run every run of ``spec`` that the store does not hold finished; return the outcomes.
+              on_outcome: Callable[[RunOutcome], None] | None = None,
+              lease_timeout_s: float = LEASE_TTL_S, wait: bool = True, cpus_per_run: int = 1) -> StudyResult:
+    """Train every run of ``spec`` that the store does not hold finished; return the outcomes.
 
-    ``workers=1`` trains in this process, one run after another; ``workers=N``
-    uses N spawned processes (each with cores/N torch threads).  Setting
-    ``stop_event`` stops the runs in flight at their next batch (status
-    ``stopped``, resumable) and starts no more.  ``on_start``/``on_outcome``
+    ``backend="local"``: ``workers=1`` (the default) trains in this process, one run
+    after another; ``workers=N`` in N spawned processes (each with cores/N torch
+    threads).  ``backend="ray"``: one Ray task per run with ``cpus_per_run`` CPUs (and
+    a GPU when the config trains on CUDA) on the cluster at ``address`` (``"auto"``,
+    ``"ray://host:port"``; None starts a local one for the call); ``workers`` caps the
+    runs in flight (default: as many as the cluster fits).
+
+    Runs another launcher holds are left to it; ``wait=True`` waits for them (and
+    takes them over if that launcher dies), ``wait=False`` reports them as ``held``.
+    ``lease_timeout_s``: how long this launcher may stay silent before another takes
+    its runs over.  Setting ``stop_event`` stops the runs in flight at their next batch
+    (status ``stopped``, resumable) and starts no more.  ``on_start``/``on_outcome``
     are called in the calling thread.
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers={workers!r}: must be an integer >= 1")
+    _check(workers, backend, address, lease_timeout_s, cpus_per_run)
     store = open_store(store)
     t0 = time.perf_counter()
-    plans = plan_study(spec, store)       # validates every config before anything trains
-    outcomes: list[RunOutcome | None] = [None] * len(plans)
-    todo = []
-    for i, (plan, action, run_id) in enumerate(plans):
-        if action == "skipped":
-            run = store.get_run(run_id)
-            outcomes[i] = RunOutcome(plan.policy, plan.seed, plan.key, "skipped", run_id, run["status"],
-                                     run["reason"])
-            if on_outcome:
-                on_outcome(outcomes[i])
-        else:
-            todo.append(i)
-
-    def finish(i: int, result: dict[str, Any]) -> None:
-        plan = plans[i][0]
-        outcomes[i] = RunOutcome(plan.policy, plan.seed, plan.key, **result)
-        if on_outcome:
-            on_outcome(outcomes[i])
-
-    def stopped() -> bool:
-        return stop_event is not None and stop_event.is_set()
-
-    if workers == 1 or len(todo) <= 1:
-        for i in todo:
-            if stopped():
-                break
-            plan, action, run_id = plans[i]
-            if on_start:
-                on_start(plan)
-            finish(i, execute_run(plan, str(store.path), action, run_id, stop_event=stop_event))
-    else:
-        _run_pool(plans, todo, store, workers, stop_event, on_start, finish)
-
-    for i, (plan, action, run_id) in enumerate(plans):
-        if outcomes[i] is None:
-            outcomes[i] = RunOutcome(plan.policy, plan.seed, plan.key, "not started", run_id,
-                                     note="the study was stopped first")
-    return StudyResult(spec, store.path, outcomes, time.perf_counter() - t0)
-
-
-def _run_pool(plans, todo, store, workers, stop_event, on_start, finish) -> None:
-    ctx = multiprocessing.get_context("spawn")     # fork would copy torch's threads and the store's locks
-    stop = ctx.Event()
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                initargs=(threads, stop)) as pool:
-        futures = {}
-        for i in todo:
-            plan, action, run_id = plans[i]
-            futures[pool.submit(_execute_in_worker, plan, str(store.path), action, run_id)] = i
-        pending = set(futures)
-        started: set = set()
-        while pending:
-            done, pending = cf.wait(pending, timeout=0.25, return_when=cf.FIRST_COMPLETED)
-            if on_start:
-                for fut in list(pending) + list(done):
-                    if fut not in started and (fut.running() or fut.done()):
-                        started.add(fut)
-                        on_start(plans[futures[fut]][0])
-            for fut in done:
-                i = futures[fut]
-                if fut.cancelled():
-                    continue
-                try:
-                    finish(i, fut.result())
-                except Exception as exc:  # noqa: BLE001 -- a dead worker: record the run failed
-                    plan = plans[i][0]
-                    finish(i, {"action": plans[i][1] if plans[i][1] != "resume" else "resumed",
-                               "run_id": _record_failure(store, plan, exc), "status": "failed",
-                               "reason": _one_line(exc), "note": "the worker process died"})
-            if stop_event is not None and stop_event.is_set() and not stop.is_set():
-                stop.set()
-                for fut in pending:
-                    fut.cancel()
-
-
-def outcomes_frame(result: StudyResult):
-    """The outcomes as a pandas DataFrame (one row per run of the study)."""
-    import pandas as pd
-    return pd.DataFrame([asdict(o) for o in result.outcomes])
+    plans = spec.runs()                     # validates every config before anything trains
+    owner = new_owner()
+    launch = Launch(plans, store, owner, float(lease_timeout_s), wait=wait, stop_event=stop_event,
+                    on_start=on_start, on_outcome=on_outcome)
+    launch.skip_done()
+    if launch.todo:
+        where = make_backend(backend, path=store.path, workers=workers, address=address, n_runs=len(plans),
+                             n_todo=len(launch.todo), stop_event=stop_event, cpus_per_run=cpus_per_run,
+                             devices=tuple(sorted({p.config.get("device", "auto") for p in plans})))
+    else:                                   # nothing to train: start no cluster
+        where = InlineBackend(store.path, stop_event)
+    heartbeat = Heartbeat(store.path, owner, float(lease_timeout_s), on_lost=launch.lost)
+    try:
+        launch.run(where, heartbeat)
+    finally:
+        heartbeat.stop()
+        try:
+            where.close()
+        finally:
+            launch.release_all()
+    return StudyResult(spec, store.path, launch.outcomes, time.perf_counter() - t0, where.name, where.startup_s)
