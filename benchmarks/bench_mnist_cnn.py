@@ -1,6 +1,7 @@
 """Full MNIST, the paper's Table-1 CNN, LipschitzLR (paper bound, per epoch), 3 epochs on the CPU.
 
-Run: .venv/bin/python benchmarks/bench_mnist_cnn.py [--epochs 3] [--data-root ../shared/data]
+Run: .venv/bin/python benchmarks/bench_mnist_cnn.py [--epochs 3] [--data-root DIR]
+(data root: ``default_data_root()`` unless given: $LIPSCHITZ_LAB_DATA, else ../shared/data beside the checkout)
 Prints per-epoch seconds, lr and accuracies; appends a section to benchmarks/RESULTS.md.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data"))
+    ap.add_argument("--data-root", default=None, help="the folder holding MNIST/ (default: default_data_root())")
     ap.add_argument("--bound", default="paper")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -50,7 +51,7 @@ def main() -> None:
         (f" --epochs {args.epochs}" if args.epochs != 3 else "") + (f" --bound {args.bound}" if args.bound != "paper" else "")
     section = (f"\n## Full MNIST, Table-1 CNN, LipschitzLR ({args.bound} bound, per epoch), {args.epochs} epochs, CPU\n\n"
                f"- command: `{cmd}`\n- machine: {cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU\n"
-               f"- data: full MNIST from `../shared/data` (54,000 train / 6,000 validation / 10,000 test), "
+               f"- data: full MNIST from `{args.data_root or 'default_data_root()'}` (54,000 train / 6,000 validation / 10,000 test), "
                f"paper augmentation, batch 256\n- status: {run.status}{' (' + run.reason + ')' if run.reason else ''}; "
                f"total wall time {wall:.0f} s (includes evaluation)\n\n{table}\n")
     with open(HERE / "RESULTS.md", "a") as fh:

@@ -83,19 +83,8 @@ async def without_panel(cfg: dict, store: Path) -> dict:
     return {"wall": wall, "cpu": cpu, "train": out["run"].wall_time, "steps": out["run"].steps, "batches": 0}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--append", metavar="RESULTS.md", help="append the figures as a Markdown section")
-    args = ap.parse_args(argv)
-    cfg = dict(dataset="digits", model="mlp", loss="softmax_ce", recompute="step", epochs=args.epochs,
-               batch_size=args.batch_size, checkpoint=False, name="bench")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    started = time.perf_counter()
+def measure(args, cfg: dict) -> dict[str, list[dict]]:
+    """Runs with and without the panel, alternating; every run's figures."""
     results: dict[str, list[dict]] = {"with": [], "without": []}
 
     async def run_all(store: Path) -> None:
@@ -113,7 +102,33 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run_all(Path(tmp) / "bench.db"))   # the loop in the main thread, as in a kernel
+    return results
 
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--append", metavar="RESULTS.md", help="append the figures as a Markdown section")
+    args = ap.parse_args(argv)
+    cfg = dict(dataset="digits", model="mlp", loss="softmax_ce", recompute="step", epochs=args.epochs,
+               batch_size=args.batch_size, checkpoint=False, name="bench")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    results = measure(args, cfg)
+    text = "\n".join(report(args, argv, results, started))
+    print(text)
+    if args.append:
+        with open(args.append, "a", encoding="utf-8") as f:
+            f.write(text)
+    return 0
+
+
+def report(args, argv, results: dict[str, list[dict]], started: float) -> list[str]:
+    """The Markdown section: medians, the paired ratio, the apply function's share."""
     med = {k: {f: statistics.median(r[f] for r in v) for f in ("wall", "cpu", "train", "batches")}
            for k, v in results.items()}
     apply_s = statistics.median(r["apply"] for r in results["with"])
@@ -163,12 +178,7 @@ def main(argv=None) -> int:
         "the spread from other processes sharing the two cores.",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.append:
-        with open(args.append, "a", encoding="utf-8") as f:
-            f.write(text)
-    return 0
+    return lines
 
 
 if __name__ == "__main__":

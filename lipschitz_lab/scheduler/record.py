@@ -9,6 +9,7 @@ or inf.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from lipschitz_lab.bounds import VARIANTS
@@ -18,6 +19,10 @@ from lipschitz_lab.records import Record, step_record
 from lipschitz_lab.scheduler.rate import CLAMPS
 
 __all__ = ["StepDecoder"]
+
+
+def _number(x: float) -> float | None:
+    return None if math.isnan(x) else x
 
 
 class StepDecoder:
@@ -52,7 +57,7 @@ class StepDecoder:
             step=self.step, epoch=self.epoch, lr=used[0] * self.scale, K_z=stats[f"K_z_{s.kz}"],
             L=Ls["strict"] if s.bound == "smooth" else Ls[s.bound], bound=s.bound, grad_last=stats["grad_last"], grad_layers=stats["grad_layers"],
             clamped=code, L_paper=Ls["paper"], L_corrected=Ls["corrected"], L_strict=Ls["strict"],
-            kz=s.kz, kz_mode=self.info["kz_mode"], K_z_rate=used[1], L_rate=used[2],
+            kz=s.kz, kz_mode=self.info["kz_mode"], K_z_rate=_number(used[1]), L_rate=_number(used[2]),
             rate_source=self.info["source"], lr_next=lr_next * self.scale, w_max=w_max, lam=lam, m=stats["m"],
             k=s.num_classes if "k" in s.needs else None,
             K_a=stats["K_a"] if "K_a" in s.needs else None,
@@ -66,7 +71,7 @@ class StepDecoder:
     def _warn_eval(self, stats: dict[str, Any], K_z_rate: float) -> None:
         s = self.sched
         K_z = stats[f"K_z_{s.kz}"]
-        if self.info["kz_mode"] == "eval" and K_z > 10 * K_z_rate:
+        if self.info["kz_mode"] == "eval" and K_z > 10 * K_z_rate:   # (nan compares False)
             ratio = K_z / max(K_z_rate, 1e-300)
             s.warn_once("eval", f"eval-mode K_z={K_z_rate:.4g} is {ratio:.0f}x below this batch's "
                         f"train-mode K_z={K_z:.4g} (BatchNorm or Dropout before the last "

@@ -87,6 +87,15 @@ def rate_vector(s, stats: dict[str, Any], w_max, lam: float) -> torch.Tensor:
 
 
 # -- one step ------------------------------------------------------------------------------
+def _rate_in_group(s, scale: float) -> torch.Tensor:
+    """``[lr / lr_scale, nan, nan, 0]``: the rate group 0 holds, as a rate vector."""
+    lr = s.optimizer.param_groups[0]["lr"]
+    lr = lr.detach().to(torch.float64) if isinstance(lr, torch.Tensor) else torch.tensor(float(lr),
+                                                                                         dtype=torch.float64)
+    nan = torch.full_like(lr, float("nan"))
+    return torch.stack([lr / scale, nan, nan, torch.zeros_like(lr)])
+
+
 def _read(s):
     """This step's StepStats, or None when there is nothing to measure."""
     stepped, s._stepped = s._stepped, False
@@ -121,10 +130,15 @@ def step(s) -> None:
                          "each step or use scheduler.wrap_loss(criterion)")
     if not any(s.probe.is_last[i] for i in stats.grad_index):
         s.warn_once("grad", "no gradients at scheduler.step(): call it before optimizer.zero_grad()")
-    if s.state == "unset":                   # no optimizer.step() hook fired: start from this batch
-        s._warm_start(stats)
-    used, info, lam = s._rate, dict(s._rate_info), s._lam()
     scale = float(s.optimizer.param_groups[0].get("lr_scale", 1.0))   # the rate group 0 really used
+    if s.state == "unset":
+        # the pre-hook saw no batch (optimizer.step(closure) runs the forward inside the step, as
+        # Lightning does): this update used the optimizer's own lr; this batch sets the next rate
+        used, info = _rate_in_group(s, scale), {"kz_mode": None, "source": "optimizer's lr"}
+        s._warm_start(stats)
+    else:
+        used, info = s._rate, dict(s._rate_info)
+    lam = s._lam()
     if s.recompute == "step" and s.state == "set":
         s._set_rate(device_stats(stats, s.kz), stats.values[6], "train", "step")
     if s.state == "from_batch":

@@ -1,10 +1,7 @@
 """What a study is: one base config x a list of lr policies x seeds.
 
-A *policy entry* is a name plus the config fields that make the policy, e.g.
-``{"name": "lipschitz-paper-epoch-sgd", "lr_policy": "lipschitz", "bound":
-"paper", "recompute": "epoch", "optimizer": "sgd"}``.  :func:`catalogue`
-holds every entry the toolkit knows; :func:`select` picks entries by name,
-by group (``lipschitz``, ``baselines``, ...) or by glob (``constant-*``).
+The policies come from the catalogue (:mod:`lipschitz_lab.studies.catalogue`):
+:func:`~lipschitz_lab.studies.catalogue.select` picks entries by name, group or glob.
 
 Each (policy, seed) pair is one run, named by a stable key
 ``study/policy/seed=S/<hash of the full config>``: run the same study twice
@@ -13,7 +10,6 @@ and the second finds the first's runs in the store.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -21,127 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from lipschitz_lab.config import ConfigError, TrainConfig, read_toml
+from lipschitz_lab.studies.catalogue import _FIELDS, _RESERVED, GROUPS, PolicyEntry, catalogue, select
 
 __all__ = ["PolicyEntry", "RunPlan", "StudySpec", "GROUPS", "catalogue", "select",
            "STUDY_PRESETS", "study_preset", "load_study"]
-
-#: the multiples of 1/L that ask "is 1/L near the best constant?"
-LR_SCALES = (0.1, 0.3, 3.0, 10.0)
-#: a constant-lr grid, 1/3 decade apart, around the usual SGD rates
-CONSTANT_LRS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-#: the peak rate of the decaying schedules (step, cosine, one-cycle)
-SCHEDULE_LR = 0.1
-# config fields a policy entry may not set: the study sets them per run
-_RESERVED = ("seed", "name", "study")
-_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-@dataclass(frozen=True)
-class PolicyEntry:
-    """One lr policy of a study: a name and the config fields that make it."""
-
-    name: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name or "/" in self.name:
-            raise ConfigError(f"policy name={self.name!r}: must be a non-empty string without '/'")
-        for key in self.overrides:
-            if key in _RESERVED:
-                raise ConfigError(f"policy {self.name!r}: field {key!r} is set by the study, not by a policy")
-            if key not in _FIELDS:
-                raise ConfigError(f"policy {self.name!r}: unknown config field {key!r}")
-
-    @property
-    def lr_policy(self) -> str:
-        return self.overrides.get("lr_policy", TrainConfig.lr_policy)
-
-    @property
-    def family(self) -> str:
-        """``lipschitz`` (lr = 1/L), ``lipschitz-scaled`` (c/L, c != 1) or ``baseline``."""
-        if self.lr_policy != "lipschitz":
-            return "baseline"
-        return "lipschitz" if float(self.overrides.get("lr_scale", 1.0)) == 1.0 else "lipschitz-scaled"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **self.overrides}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PolicyEntry":
-        if not isinstance(data, dict) or "name" not in data:
-            raise ConfigError(f"policy entry={data!r}: needs a 'name' and config fields")
-        rest = {k: v for k, v in data.items() if k != "name"}
-        return cls(data["name"], rest)
-
-
-def _lipschitz(bound: str, recompute: str, optimizer: str, scale: float = 1.0) -> PolicyEntry:
-    name = f"lipschitz-{bound}-{recompute}-{optimizer}" + ("" if scale == 1.0 else f"-x{scale:g}")
-    over = {"lr_policy": "lipschitz", "bound": bound, "recompute": recompute, "optimizer": optimizer}
-    if scale != 1.0:
-        over["lr_scale"] = scale
-    return PolicyEntry(name, over)
-
-
-def catalogue() -> dict[str, PolicyEntry]:
-    """Every policy entry the toolkit knows, by name, in a fixed order."""
-    entries: list[PolicyEntry] = []
-    # 1) LipschitzLR: three bounds x per epoch/per step x SGD, momentum, Adam (the follow-up paper)
-    for optimizer in ("sgd", "momentum", "adam"):
-        for recompute in ("epoch", "step"):
-            for bound in ("paper", "corrected", "strict"):
-                entries.append(_lipschitz(bound, recompute, optimizer))
-    # 2) what-if: the paper's rate times c
-    entries += [_lipschitz("paper", "epoch", "sgd", c) for c in LR_SCALES]
-    # 3) baselines that need a rate: a constant grid and three decaying schedules, all plain SGD
-    entries += [PolicyEntry(f"constant-{lr:g}", {"lr_policy": "constant", "lr": lr, "optimizer": "sgd"})
-                for lr in CONSTANT_LRS]
-    entries += [PolicyEntry(f"{sched}-{SCHEDULE_LR:g}", {"lr_policy": sched, "lr": SCHEDULE_LR, "optimizer": "sgd"})
-                for sched in ("step", "cosine", "onecycle")]
-    # 4) baselines that find their own rate
-    entries += [PolicyEntry("lr-range-test", {"lr_policy": "lr_range_test", "optimizer": "sgd"}),
-                PolicyEntry("lr-range-test-min10", {"lr_policy": "lr_range_test_min10", "optimizer": "sgd"})]
-    entries += [PolicyEntry("prodigy", {"lr_policy": "prodigy", "lr": 1.0, "optimizer": "sgd"}),
-                PolicyEntry("dadapt-sgd", {"lr_policy": "dadapt_sgd", "lr": 1.0, "optimizer": "sgd"}),
-                PolicyEntry("dog", {"lr_policy": "dog", "lr": 1.0, "optimizer": "sgd"}),
-                # the package's README: 10-50x the usual SGD rate
-                PolicyEntry("schedulefree-sgd", {"lr_policy": "schedulefree_sgd", "lr": 1.0, "optimizer": "sgd"})]
-    return {e.name: e for e in entries}
-
-
-#: group name -> predicate on an entry; usable wherever a policy name is
-GROUPS = {
-    "all": lambda e: True,
-    "lipschitz": lambda e: e.lr_policy == "lipschitz",
-    "lipschitz-variants": lambda e: e.family == "lipschitz",
-    "lipschitz-scaled": lambda e: e.family == "lipschitz-scaled",
-    "baselines": lambda e: e.family == "baseline",
-    "constant": lambda e: e.lr_policy == "constant",
-    "schedules": lambda e: e.lr_policy in ("step", "cosine", "onecycle"),
-    "range-tests": lambda e: e.lr_policy.startswith("lr_range_test"),
-    "parameter-free": lambda e: e.lr_policy in ("prodigy", "dadapt_sgd", "dog", "schedulefree_sgd"),
-}
-
-
-def select(names: list[str] | tuple[str, ...] | str) -> list[PolicyEntry]:
-    """Catalogue entries by name, group (:data:`GROUPS`) or glob; catalogue order, no duplicates."""
-    if isinstance(names, str):
-        names = [names]
-    known = catalogue()
-    chosen: set[str] = set()
-    for name in names:
-        if name in known:                   # a policy name wins over a group of the same name
-            hits = [name]
-        elif name in GROUPS:
-            hits = [n for n, e in known.items() if GROUPS[name](e)]
-        else:
-            hits = [n for n in known if fnmatch.fnmatchcase(n, name)]
-        if not hits:
-            raise ConfigError(f"policies={name!r}: no policy, group or glob match; groups: {', '.join(GROUPS)}; "
-                              f"{len(known)} policies, e.g. {', '.join(list(known)[:2])} "
-                              "(`lipschitz-lab study --list` shows them all)")
-        chosen.update(hits)
-    return [e for n, e in known.items() if n in chosen]
-
 
 @dataclass(frozen=True)
 class RunPlan:
