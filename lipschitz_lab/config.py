@@ -41,6 +41,7 @@ class TrainConfig:
     lr_scale: float = 1.0            # what-if: multiply 1/L (0.1, 0.3, 3, 10)
     smooth_c: float = 1.0            # bound="smooth": lr = c/beta; 1 is GD's safe step, 2 the edge of stability
     measure_beta: bool = False       # record the smoothness beta for any bound (a few matvecs per step)
+    smooth_layerwise: bool = False   # bound="smooth": a rate per Linear layer (an exploration, docs/smoothness.md)
     keras_decay: float = 0.0         # the authors' Keras `decay`: lr/(1 + decay*iterations); 0 = off
     lr: float = 0.01                 # baselines' rate (the follow-up paper's SGD baseline)
     min_lr: float = 1e-6             # clamps guard against K_z -> 0 or an exploding K_z

@@ -144,3 +144,67 @@ def test_a_step_of_one_over_beta_on_the_last_layer_never_increases_the_loss(name
             after = f(W - gW / beta, b - gb / beta).item()
         g2 = (gW * gW).sum().item() + (gb * gb).sum().item()
         assert after <= E.item() - g2 / (2 * beta) + 1e-12
+
+
+# -- the layer-wise rule (scheduler/layerwise.py) ------------------------------------------
+def _block_top_eigenvalue(model, x, y, loss, layer, iters=40):
+    """λ_max of the Hessian of E in one Linear layer's (W, b), the rest fixed (HVP power iteration)."""
+    from torch.func import functional_call
+    names = [f"{layer}.weight", f"{layer}.bias"]
+    fixed = {n: p.detach().double() for n, p in model.named_parameters()}
+    crit = make_criterion(loss)
+    model64 = model.double()
+
+    def f(W, b):
+        return crit(functional_call(model64, {**fixed, names[0]: W, names[1]: b}, (x.double(),)),
+                    y if loss == "softmax_ce" else y.double())
+    v = (torch.ones_like(fixed[names[0]]), torch.ones_like(fixed[names[1]]))
+    lam = 0.0
+    for _ in range(iters):
+        norm = math.sqrt(sum((t * t).sum().item() for t in v))
+        v = tuple(t / norm for t in v)
+        _, hv = torch.autograd.functional.hvp(f, (fixed[names[0]], fixed[names[1]]), v)
+        lam = sum((h * t).sum().item() for h, t in zip(hv, v))
+        v = hv
+    model.float()
+    return lam
+
+
+@pytest.mark.slow
+def test_each_layers_beta_bounds_the_hessian_block_of_that_layer():
+    X, y = dataset("digits")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
+    opt = torch.optim.SGD([{"params": m.parameters()} for m in model if isinstance(m, nn.Linear)], lr=0.01)
+    sched = LipschitzLR(opt, model, "softmax_ce", num_classes=10, bound="smooth", recompute="step",
+                        smooth=SmoothOptions(layerwise=True))
+    crit = sched.wrap_loss(make_criterion("softmax_ce"))
+    worst = {}
+    for x_, y_ in batches(X, y, 64, seed=0)[:15]:
+        lams = {name: _block_top_eigenvalue(model, x_, y_, "softmax_ce", name) for name in ("0", "2", "4")}
+        crit(model(x_), y_).backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        betas = sched.last_record["beta_layers"]
+        for name, lam in lams.items():
+            assert lam <= betas[name] * (1 + 1e-6), (name, lam, betas[name])
+            worst[name] = max(worst.get(name, 0.0), lam / betas[name])
+    assert min(worst.values()) > 1e-4                      # not vacuous
+    rates = [float(g["lr"]) for g in opt.param_groups]    # one rate per layer, c/β_ℓ
+    assert len(set(rates)) == 3
+
+
+def test_the_layerwise_rule_refuses_what_it_does_not_cover():
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(cnn.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"layer '0' is Conv2d"):
+        LipschitzLR(opt, cnn, "softmax_ce", num_classes=3, bound="smooth", recompute="step",
+                    smooth=SmoothOptions(layerwise=True))
+    model = mlp(6, 3)
+    with pytest.raises(ValueError, match="one param group per Linear layer"):
+        LipschitzLR(torch.optim.SGD(model.parameters(), lr=0.1), model, "softmax_ce", num_classes=3,
+                    bound="smooth", recompute="step", smooth=SmoothOptions(layerwise=True))
+    with pytest.raises(ValueError, match="renewed every step"):
+        LipschitzLR(torch.optim.SGD(model.parameters(), lr=0.1), model, "softmax_ce", num_classes=3,
+                    bound="strict", smooth=SmoothOptions(layerwise=True))

@@ -58,7 +58,8 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     """The optimizer by name.  On CUDA SGD and Adam are the fused kernels: they read a rate
     held on the device, so LipschitzLR sets it without a host sync."""
     params = list(params)
-    fused = {"fused": True} if params and params[0].is_cuda else {}
+    first = next((p for item in params for p in (item["params"] if isinstance(item, dict) else [item])), None)
+    fused = {"fused": True} if first is not None and first.is_cuda else {}
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, **fused)
     if name == "momentum":

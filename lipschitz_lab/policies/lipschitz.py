@@ -16,15 +16,19 @@ def _lipschitz_scheduler(config: TrainConfig, model: nn.Module, optimizer, ctx: 
                        eps=config.eps if "eps" in bound_inputs(config.loss) else None,
                        exact_protocol=config.exact_protocol,
                        loader=ctx.train_loader if config.exact_protocol else None,
-                       variant_optimizer=config.optimizer, smooth=SmoothOptions(c=config.smooth_c),
+                       variant_optimizer=config.optimizer,
+                       smooth=SmoothOptions(c=config.smooth_c, layerwise=config.smooth_layerwise),
                        measure_beta=config.measure_beta or config.bound == "smooth", log=ctx.log)
 
 
 @register_policy("lipschitz")
 def lipschitz(config: TrainConfig, model: nn.Module, ctx: PolicyContext) -> Policy:
     """lr = lr_scale / L, recomputed per epoch or step (:class:`~lipschitz_lab.scheduler.LipschitzLR`)."""
-    optimizer = make_optimizer(config.optimizer, model.parameters(), lr=config.lr,
-                               weight_decay=config.weight_decay)
+    params = model.parameters()
+    if config.smooth_layerwise:             # one param group per Linear layer: each gets its own rate
+        params = [{"params": list(m.parameters())} for m in model.modules()
+                  if isinstance(m, nn.Linear)]
+    optimizer = make_optimizer(config.optimizer, params, lr=config.lr, weight_decay=config.weight_decay)
     for group in optimizer.param_groups:
         group["lr_scale"] = config.lr_scale
     sched = _lipschitz_scheduler(config, model, optimizer, ctx)

@@ -16,7 +16,7 @@ from lipschitz_lab.probe.scale import ScaleCheck
 from lipschitz_lab.records import Record, Subscriber
 from lipschitz_lab.scheduler import checks, transitions
 from lipschitz_lab.scheduler.options import EMAOptions, SmoothOptions
-from lipschitz_lab.scheduler.rate import CLAMPS, lr_mode, tensorize, write_rate
+from lipschitz_lab.scheduler.rate import CLAMPS, lr_mode, tensorize, write_group_rates, write_rate
 from lipschitz_lab.steplog import StepLog
 
 __all__ = ["LipschitzLR"]
@@ -127,6 +127,15 @@ class LipschitzLR(LRScheduler):
         self.probe = Probe(model, layer, sigma=smooth.sigma if measure_beta else None,
                            power_iters=smooth.power_iters, scale_check=self._check)
         self.log = log if log is not None else StepLog(flush_every)
+        self.layerwise = None
+        if smooth.layerwise:
+            if bound != "smooth" or recompute != "step":
+                raise ValueError(f"layerwise=True is a smoothness rule renewed every step; got bound={bound!r}, "
+                                 f"recompute={recompute!r}")
+            from lipschitz_lab.scheduler.layerwise import LayerwiseSmoothness
+            self.layerwise = LayerwiseSmoothness(model, smooth.power_iters)
+            self.group_layer = self.layerwise.group_layers(optimizer)
+        self._betas: torch.Tensor | None = None   # layerwise: β per layer of the rate in force
         self.lr_mode = lr_mode(optimizer)
         if self.lr_mode == "tensor":
             tensorize(optimizer)
@@ -173,8 +182,12 @@ class LipschitzLR(LRScheduler):
 
     def _set_rate(self, stats: dict[str, Any], w_max, kz_mode: str, source: str) -> None:
         """The rate from statistics (device tensors or floats), written into the optimizer."""
-        self._rate = transitions.rate_vector(self, stats, w_max, self._lam())
         self._rate_info = {"kz_mode": kz_mode, "source": source}
+        if self.layerwise is not None:
+            self._rate, rates = transitions.layer_rates(self, stats, self._lam())
+            write_group_rates(self.optimizer, rates, self.lr_mode)
+            return
+        self._rate = transitions.rate_vector(self, stats, w_max, self._lam())
         write_rate(self.optimizer, self._rate[0], self.lr_mode)
 
     def get_lr(self) -> list[float]:
@@ -211,7 +224,7 @@ class LipschitzLR(LRScheduler):
         self._stepped = True
         self.probe.snapshot_w_max()
         if self.state != "unset":
-            if self._rate is not None:
+            if self._rate is not None and self.layerwise is None:
                 write_rate(self.optimizer, self._rate[0], self.lr_mode)   # a changed lr_scale takes effect
             return
         if self._pending is None and self.probe.has_batch():
@@ -282,6 +295,8 @@ class LipschitzLR(LRScheduler):
         finally:
             self.probe.detach()
             self._pre_hook.remove()
+            if self.layerwise is not None:
+                self.layerwise.detach()
 
     def state_dict(self) -> dict[str, Any]:
         """Plain numbers only: no model, hook, loader or tensor (``weights_only`` loads it).  Syncs."""

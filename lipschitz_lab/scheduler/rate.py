@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["CLAMPS", "clamp_rate", "lr_mode", "tensorize", "write_rate"]
+__all__ = ["CLAMPS", "clamp_rate", "lr_mode", "tensorize", "write_group_rates", "write_rate"]
 
 #: what the code in a rate's record means (0: the rate is 1/L as it is)
 CLAMPS = (None, "min_lr", "max_lr", "K_z=0", "L<0", "error: L = 0 and max_lr=None",
@@ -89,3 +89,14 @@ def write_rate(optimizer: torch.optim.Optimizer, rate: torch.Tensor, mode: str) 
             group["lr"].copy_(value)
         else:
             group["lr"] = float(value)          # the documented host sync ("float" mode)
+
+
+def write_group_rates(optimizer: torch.optim.Optimizer, rates: torch.Tensor, mode: str) -> None:
+    """Group g's lr = ``rates[g] · lr_scale`` (one rate per group: the layer-wise rule)."""
+    for g, group in enumerate(optimizer.param_groups):
+        scale = group.get("lr_scale", 1.0)
+        value = rates[g] if scale == 1.0 else rates[g] * scale
+        if mode == "tensor" and isinstance(group["lr"], torch.Tensor):
+            group["lr"].copy_(value)
+        else:
+            group["lr"] = float(value)

@@ -39,6 +39,7 @@ class StepDecoder:
         used, n = values[:4], self.stats.values.numel()
         stats = s.probe.decode(self.stats, values[4:4 + n], self.step)
         lr_next = values[4 + n]
+        betas = values[5 + n:]
         if stats["nonfinite"]:
             return stats["nonfinite"]
         code = CLAMPS[int(used[3])]
@@ -66,6 +67,8 @@ class StepDecoder:
             variant_optimizer=s.variant_optimizer, loss_scale=s.loss_scale,
             sigma_max=stats["sigma_max"], beta=beta,
             lr_smooth=None if beta is None or beta <= 0 else s.smooth.c_eff(s.momentum) / beta))
+        if betas and s.layerwise is not None:
+            record["beta_layers"] = dict(zip(s.layerwise.names, betas))
         return None
 
     def _warn_eval(self, stats: dict[str, Any], K_z_rate: float) -> None:

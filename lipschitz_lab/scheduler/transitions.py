@@ -86,6 +86,18 @@ def rate_vector(s, stats: dict[str, Any], w_max, lam: float) -> torch.Tensor:
     return torch.stack([lr, K_z.to(device), _tensor(L, device), code])
 
 
+def layer_rates(s, stats: dict[str, Any], lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer-wise rule: (group 0's rate vector, every group's rate); keeps β per layer."""
+    S2 = smoothness_bound(s.loss, m=stats["m"], **{n: v for n, v in (("k", s.num_classes), ("eps", s.eps))
+                                                   if n in s.needs})
+    betas = s.loss_scale * S2 * s.layerwise.betas() + lam
+    s._betas = betas
+    per_group = betas[s.group_layer] / s.smooth.c_eff(s.momentum)
+    K_z = stats[f"K_z_{s.kz}"]
+    lr, code = clamp_rate(per_group, K_z, s.min_lr, s.max_lr)
+    return torch.stack([lr[0], K_z.to(lr.dtype), betas[s.group_layer[0]], code[0]]), lr
+
+
 # -- one step ------------------------------------------------------------------------------
 def _rate_in_group(s, scale: float) -> torch.Tensor:
     """``[lr / lr_scale, nan, nan, 0]``: the rate group 0 holds, as a rate vector."""
@@ -147,7 +159,8 @@ def step(s) -> None:
     own = not s.log.is_open
     if own:
         s.log.open(step=s.step_index, epoch=s.epoch)
-    s.log.add([used, stats.values, s._rate[:1]], decoder)
+    extra = [s._betas] if s.layerwise is not None and s._betas is not None else []
+    s.log.add([used, stats.values, s._rate[:1], *extra], decoder)
     if own:
         s.log.close_entry()
     s.step_index += 1
