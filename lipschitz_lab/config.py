@@ -64,8 +64,7 @@ class TrainConfig:
     num_workers: int = 0             # data loader workers; 0 is fastest for small sets
     max_steps: int | None = None     # stop after this many steps (smoke tests, quick studies)
     checkpoint: bool = True          # a checkpoint every epoch, for resume
-    flush_every: int = 32            # records reach the store and panels this many steps late at most;
-                                     # 1 waits for the device every step (no async GPU work)
+    flush_every: int = 32            # steps between record deliveries (1: wait for the device every step)
     data_on_device: bool | None = None  # in-memory data sets on the GPU, augmented there; None: on CUDA only
     compile: bool = False            # torch.compile the model (the probe's hooks run outside the graph)
     name: str | None = None

@@ -562,3 +562,23 @@ def test_notebook_03_runs_quick(tmp_path):
                    for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "5 runs trained" in text and "best LipschitzLR variant" in text
     assert len(RunStore(tmp_path / "nb.db").list_runs(study="notebook-quick")) == 5
+
+
+def test_the_range_test_leaves_no_gradient_behind():
+    """Its last iteration's .grad would be added to the first training step's gradient (the
+    kill-and-resume test found it: a resumed run's first step differed from an uninterrupted one's)."""
+    import torch
+    from torch import nn
+
+    from lipschitz_lab.losses import make_criterion
+    from lipschitz_lab.policies.baselines import range_test
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randint(0, 3, (64,))), batch_size=16)
+    history = range_test(model, torch.optim.SGD(model.parameters(), lr=1e-5), make_criterion("softmax_ce"),
+                         loader, "cpu", 20)
+    assert len(history["lr"]) == 20
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

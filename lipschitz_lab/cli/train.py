@@ -57,7 +57,7 @@ def register(sub) -> None:
         if name in _SKIP:
             continue
         flag = "--" + name.replace("_", "-")
-        if f.type in ("bool", bool):
+        if f.type in ("bool", bool, "bool | None"):     # None: the config's own default (auto)
             p.add_argument(flag, dest=name, action=argparse_bool(), default=None, help=_help_for(name))
         else:
             p.add_argument(flag, dest=name, default=None, metavar=name.upper(),

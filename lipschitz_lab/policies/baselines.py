@@ -94,6 +94,7 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, lo
                               num_iter=num_iter)
     finally:
         finder.reset()     # the weights (and BatchNorm statistics) as they were before the test
+        model.zero_grad(set_to_none=True)   # and no gradient of its last iteration left in .grad
     return finder.history
 
 
