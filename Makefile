@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 APP     := $(VENV)/.installed-app
 
-.PHONY: run test lab derive bench clean
+.PHONY: run demo test lab derive bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,14 @@ $(APP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[app]'
 	touch $(APP)
 
-run: $(STAMP)
+# the main job: the lab as an app in your browser (Voila on 127.0.0.1), on the embedded
+# digits data (no download); it prints the URL to open.  Ctrl-C stops it.
+# APP_ARGS="--no-browser --port=8866" passes options to `lipschitz-lab app`.
+run: $(APP)
+	$(BIN)/lipschitz-lab app $${APP_ARGS}
+
+# the headless walk-through: derivations, a short study on digits, HTML reports
+demo: $(APP)
 	$(BIN)/lipschitz-lab demo
 
 test: $(STAMP)
@@ -34,10 +41,18 @@ $(LAB_OVERRIDES): jupyter/overrides.json | $(STAMP)
 	mkdir -p $(dir $@)
 	cp $< $@
 
+# JupyterLab on notebooks/, on 127.0.0.1 only, behind a token.  JupyterLab makes the token and
+# prints the URL that carries it, http://127.0.0.1:PORT/lab?token=...: open that URL.
+# LAB_TOKEN=... (or JupyterLab's own JUPYTER_TOKEN) chooses the token, and the first URL printed
+# carries it too; LAB_ARGS="--port=9999" passes more JupyterLab options; as root it adds
+# --allow-root itself.
 lab: $(STAMP) $(LAB_OVERRIDES)
-	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=notebooks \
-		--IdentityProvider.token=$${LAB_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(16))')} \
-		$$([ "$$(id -u)" = 0 ] && echo --allow-root) $${LAB_ARGS}
+	@echo "JupyterLab on notebooks/: open the http://127.0.0.1:PORT/lab?token=TOKEN URL it prints below (Ctrl-C stops it)."
+	@token="$${LAB_TOKEN:-$${JUPYTER_TOKEN}}"; set --; \
+	if [ -n "$$token" ]; then \
+		set -- "--IdentityProvider.token=$$token" "--ServerApp.custom_display_url=?token=$$token"; fi; \
+	if [ "$$(id -u)" = 0 ]; then set -- "$$@" --allow-root; fi; \
+	exec $(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=notebooks "$$@" $${LAB_ARGS}
 
 derive: $(STAMP)
 	$(BIN)/lipschitz-lab derive --write derivations/

@@ -65,6 +65,33 @@ def test_paper_rate_per_step_equals_the_formula():
         assert sched.get_last_lr()[0] == pytest.approx(want_lr, rel=1e-5)
 
 
+def test_a_closure_step_records_the_rate_its_update_used():
+    """optimizer.step(closure) (Lightning's way) runs the forward after the step's pre-hooks:
+    step 0 updates with the optimizer's own lr, and its record says so; batch 0 sets step 1's."""
+    X, y = dataset("digits")
+    model = mlp(64, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = LipschitzLR(opt, model, "softmax_ce", num_classes=10, recompute="step")
+    crit = sched.wrap_loss(make_criterion("softmax_ce"))
+    recs = []
+    for x, yb in batches(X, y, 64, seed=0)[:3]:
+        if not recs:
+            with torch.no_grad():
+                K0 = torch.relu(model[0](x)).norm().item()
+
+        def closure(x=x, yb=yb):
+            opt.zero_grad()
+            loss = crit(model(x), yb)
+            loss.backward()
+            return loss
+        opt.step(closure)
+        sched.step()
+        recs.append(sched.last_record)
+    assert recs[0]["lr"] == pytest.approx(0.1) and recs[0]["rate_source"] == "optimizer's lr"
+    assert recs[1]["lr"] == pytest.approx(paper_softmax_lr(K0, 10, 64, 0.0, 0.0), rel=1e-5)
+    assert recs[2]["lr"] == pytest.approx(1.0 / recs[1]["L_paper"], rel=1e-9)
+
+
 def test_epoch_rate_uses_the_previous_epochs_max_K_z():
     X, y = dataset("digits")
     model = mlp(64, 10)

@@ -59,6 +59,7 @@ def test_start_streams_every_record_of_the_run_into_the_sources(store):
     assert panel.status_text.startswith("finished"), panel.status_text
     run = store.get_run(panel.run_id)
     assert run["status"] == "finished"
+    assert run["name"] == "lipschitz corrected (panel)"            # what `runs list` shows
     assert run["config"]["bound"] == "corrected" and run["config"]["optimizer"] == "momentum"
     assert run["config"]["batch_size"] == 32
 
@@ -79,7 +80,8 @@ def test_start_streams_every_record_of_the_run_into_the_sources(store):
     assert layers["step"] == src["step"]
     assert layers[f"g{len(names) - 1}"] == [r["grad_layers"][names[-1]] for r in steps]
     assert layers[f"g{len(names) - 1}"] == [r["grad_last"] for r in steps]
-    assert "step <b>30</b>" in panel.counter.value
+    # max_steps=30 ends the run inside its first epoch (over 30 batches of 32): the total is 30
+    assert "step <b>30</b>/30 · epoch 1/2 · " in panel.counter.value and " elapsed" in panel.counter.value
     assert not panel.running and not panel.start_button.disabled and panel.stop_button.disabled
 
 
@@ -160,6 +162,180 @@ def test_a_second_run_reuses_the_layer_lines_of_the_same_model_and_redraws_for_a
     panel.controls["lr_policy"].value = "constant"          # no per-layer maxima: no lines
     run_once()
     assert panel.figures.layer_names == [] and panel.figures.figures["layers"].renderers == []
+
+def test_the_progress_line_counts_steps_epochs_and_the_time_left(store):
+    panel = training_panel(store, **QUICK_RUN)
+    panel._cfg = {"epochs": 10, "max_steps": None}
+    panel._per_epoch = 100
+    panel._show_progress({"step": 99, "epoch": 0, "time": 10.0, "lr": 0.125})
+    # 100 of 1,000 steps in 10 s: 900 more at the same pace take 90 s
+    assert panel.counter.value == "step <b>100</b>/1,000 · epoch 1/10 · 10 s elapsed · ~1:30 left · lr 0.125"
+    panel._cfg["max_steps"] = 400                                # max_steps caps the run
+    panel._show_progress({"step": 199, "epoch": 1, "time": 3725.0, "lr": 0.5})
+    assert panel.counter.value == "step <b>200</b>/400 · epoch 2/10 · 1:02:05 elapsed · ~1:02:05 left · lr 0.5"
+    panel._per_epoch = None
+    panel._cfg["max_steps"] = None                               # first epoch: no total known yet
+    panel._show_progress({"step": 9, "epoch": 0, "time": 2.0, "lr": 0.5})
+    assert panel.counter.value == "step <b>10</b> · epoch 1/10 · 2 s elapsed · lr 0.5"
+    # a trainer that announces its steps per epoch gives the total from the first step on
+    panel._on_status({"kind": "status", "status": "running", "run_id": "r-1", "step": 0, "epoch": 0,
+                      "steps_per_epoch": 50})
+    panel._show_progress({"step": 9, "epoch": 0, "time": 2.0, "lr": 0.5})
+    assert panel.counter.value == "step <b>10</b>/500 · epoch 1/10 · 2 s elapsed · ~1:38 left · lr 0.5"
+
+
+@pytest.fixture
+def logistic():
+    """The README's logistic loss (labels -1/1), registered for one test."""
+    from lipschitz_lab import losses
+    from lipschitz_lab.symbolic import LossSpec, finite, real_line
+    from lipschitz_lab.symbolic.symbols import m, y, z
+    name = losses.register(LossSpec(name="logistic", title="Logistic loss, y in {-1, 1}",
+                                    loss=sp.log(1 + sp.exp(-y * z)) / m, wrt=z,
+                                    variables=(real_line(z, "logit"), finite(y, (-1, 1), "label"))))
+    yield name
+    losses.unregister(name)
+
+
+def test_a_registered_loss_is_in_the_loss_menu_and_trains(store, logistic):
+    panel = training_panel(store, **{**QUICK_RUN, "dataset": "breast_cancer", "max_steps": 12})
+    assert "logistic" in panel.controls["loss"].options
+    panel.controls["loss"].value = "logistic"
+    panel.start_button.click()                   # the paper's bound is only for its own losses
+    assert panel.wait(120)
+    panel.flush()
+    assert panel.status_text == ("error: the paper gives no bound for loss='logistic'; "
+                                 "use bound='corrected' or 'strict'") and store.list_runs() == []
+    panel.controls["bound"].value = "corrected"
+    panel.start_button.click()
+    assert panel.wait(120)
+    panel.flush()
+    assert panel.status_text.startswith("finished"), panel.status_text
+    run = store.get_run(panel.run_id)
+    assert run["config"]["loss"] == "logistic" and run["config"]["dataset"] == "breast_cancer"
+    assert len(store.records(panel.run_id, "step")) == 12
+
+
+def test_a_loss_registered_after_the_panel_shows_up_when_the_menu_is_read_again(store):
+    from lipschitz_lab import losses
+    from lipschitz_lab.symbolic import LossSpec, finite, real_line
+    from lipschitz_lab.symbolic.symbols import m, y, z
+    panel = training_panel(store, **QUICK_RUN)
+    assert "late_logistic" not in panel.controls["loss"].options
+    losses.register(LossSpec(name="late_logistic", title="late", loss=sp.log(1 + sp.exp(-y * z)) / m, wrt=z,
+                             variables=(real_line(z, "logit"), finite(y, (-1, 1), "label"))))
+    try:
+        panel.controls["loss"].value = "softmax_ce"
+        panel.refresh_choices()            # what Start and the app's tab switch do
+        assert panel.controls["loss"].options[-1] == "late_logistic"
+        assert panel.controls["loss"].value == "softmax_ce"
+    finally:
+        losses.unregister("late_logistic")
+
+
+# -- where the data are -----------------------------------------------------------------------
+
+def test_the_data_fields_show_where_a_data_set_reads_its_files(store):
+    from lipschitz_lab.choices import choices
+    from lipschitz_lab.data import default_data_root
+    panel = training_panel(store, **QUICK_RUN)
+    data = panel.data
+    assert data.data_root.value == str(default_data_root())
+    assert data.data_root.layout.display == "none" and data.path.layout.display == "none"   # digits: no files
+    assert panel.config()["data_root"] is None
+    data.dataset.value = "mnist"
+    assert data.data_root.layout.display is None and data.path.layout.display == "none"
+    data.data_root.value = "/somewhere/data"
+    assert panel.config()["data_root"] == "/somewhere/data" and panel.config()["dataset_options"] == {}
+    data.dataset.value = "npz"
+    assert data.path.layout.display is None
+    data.path.value = "/my/npz"
+    assert panel.config()["dataset_options"] == {"path": "/my/npz"}
+    # the device menu: the config's devices that this machine has
+    import torch
+    devices = list(panel.controls["device"].options)
+    assert set(devices) <= set(choices()["device"]) and "cpu" in devices
+    assert ("cuda" in devices) == torch.cuda.is_available()
+
+
+def test_a_data_set_without_its_files_says_which_go_where_and_creates_no_run(store, tmp_path):
+    panel = training_panel(store, **QUICK_RUN)
+    panel.data.dataset.value = "mnist"
+    panel.data.data_root.value = str(tmp_path / "empty")
+    panel.start_button.click()
+    assert not panel.running and panel._thread is None           # refused before any thread
+    text = panel.status_text
+    assert text.startswith("error") and "\n" not in text
+    assert "train-images-idx3-ubyte" in text and str(tmp_path / "empty" / "MNIST" / "raw") in text, text
+    assert store.list_runs() == [] and not (tmp_path / "empty").exists()
+    panel.data.dataset.value = "npz"
+    panel.data.path.value = str(tmp_path / "nothing")
+    panel.start_button.click()
+    assert panel.status_text.startswith("error") and "train.npz" in panel.status_text
+    assert str(tmp_path / "nothing") in panel.status_text and store.list_runs() == []
+
+
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.parametrize("dataset, files", [("mnist", "MNIST/raw"), ("cifar10_subset", "cifar10-subset")])
+def test_file_data_sets_train_from_the_data_folder(store, dataset, files):
+    if not (SHARED_DATA / files).is_dir():
+        pytest.skip(f"needs the offline copy {SHARED_DATA / files} (developers' machines)")
+    panel = training_panel(store, **{**QUICK_RUN, "epochs": 1, "max_steps": 5, "train_subset": 500})
+    panel.data.dataset.value = dataset
+    panel.data.data_root.value = str(SHARED_DATA)
+    panel.start_button.click()
+    assert panel.wait(300)
+    panel.flush()
+    assert panel.status_text.startswith("finished"), panel.status_text
+    cfg = store.get_run(panel.run_id)["config"]
+    assert cfg["dataset"] == dataset and cfg["data_root"] == str(SHARED_DATA)
+    assert len(store.records(panel.run_id, "step")) == 5
+
+
+# -- the study panel ---------------------------------------------------------------------------
+
+def test_a_study_from_the_panel_sets_its_epochs_and_steps_and_reads_well(store):
+    from lipschitz_lab.ui.study_panel import study_panel
+    panel = study_panel(store, name="panel-len", dataset="digits", model="mlp", batch_size=64, epochs=5)
+    panel.select(["lipschitz-strict-epoch-sgd", "constant-0.1"])
+    panel.epochs.value, panel.max_steps.value = "2", "7"
+    panel.launch()
+    assert panel.wait(180)
+    panel.flush()
+    assert panel.status_text.startswith("finished"), panel.status_text
+    runs = store.list_runs(study="panel-len")
+    assert sorted(r["name"] for r in runs) == ["constant-0.1", "lipschitz-strict-epoch-sgd"]
+    for r in runs:
+        assert (r["config"]["epochs"], r["config"]["max_steps"]) == (2, 7)
+        assert len(store.records(r["id"], "step")) == 7
+    # the verdict's Markdown is rendered, not shown raw
+    assert "`" not in panel.status.value and "<code>lipschitz-strict-epoch-sgd</code>" in panel.status.value
+    assert panel.progress.value.startswith("2/2 runs done") and "elapsed" in panel.progress.value
+    # a later mistake: one line naming the field and the value, nothing of the last study under it
+    panel.max_steps.value = "seven"
+    panel.launch()
+    assert panel.status_text == "error: max_steps='seven': need an integer >= 1 or nothing"
+    assert panel.progress.value == "" and not panel.running
+
+
+def test_the_study_panel_asks_for_a_ray_address_and_checks_the_data(store, tmp_path):
+    from lipschitz_lab.studies.backends import BACKENDS
+    from lipschitz_lab.ui.study_panel import study_panel
+    panel = study_panel(store, dataset="digits", epochs=1)
+    assert tuple(panel.backend.options) == BACKENDS and panel.address.layout.display == "none"
+    panel.backend.value = "ray"
+    assert panel.address.layout.display is None
+    panel.launch()
+    assert panel.status_text.startswith("error: address=''") and not panel.running
+    panel.backend.value = "local"
+    panel.data.dataset.value = "mnist"
+    panel.data.data_root.value = str(tmp_path / "nowhere")
+    panel.launch()
+    assert panel.status_text.startswith("error: dataset='mnist': files not found"), panel.status_text
+    assert store.list_runs() == []
+
 
 # -- the bridge -----------------------------------------------------------------------------
 

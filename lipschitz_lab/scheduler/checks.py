@@ -14,7 +14,7 @@ from lipschitz_lab.optim_variants import OPTIMIZERS
 from lipschitz_lab.scheduler.options import BOUNDS, RECOMPUTE
 
 __all__ = ["check_arguments", "check_loss_inputs", "check_optimizer", "check_criterion", "defined",
-           "loss_params"]
+           "layerwise", "loss_params"]
 
 
 def check_arguments(*, loss, bound, kz, recompute, min_lr, max_lr, exact_protocol, fixed_after,
@@ -100,3 +100,15 @@ def check_criterion(criterion, loss: str, loss_scale: float, eps) -> None:
             f"(the batch mean{', ½·MSE' if loss == 'mse' else ''}); use "
             f"lipschitz_lab.losses.make_criterion({loss!r}) or pass "
             f"loss_scale={scale:g} to LipschitzLR")
+
+
+def layerwise(model, optimizer, bound: str, recompute: str, smooth):
+    """``(LayerwiseSmoothness, the layer of each param group)`` when ``smooth.layerwise``, else (None, None)."""
+    if not smooth.layerwise:
+        return None, None
+    if bound != "smooth" or recompute != "step":
+        raise ValueError(f"layerwise=True is a smoothness rule renewed every step; got bound={bound!r}, "
+                         f"recompute={recompute!r}")
+    from lipschitz_lab.scheduler.layerwise import LayerwiseSmoothness
+    rule = LayerwiseSmoothness(model, smooth.power_iters)
+    return rule, rule.group_layers(optimizer)

@@ -16,7 +16,7 @@ from lipschitz_lab.probe.scale import ScaleCheck
 from lipschitz_lab.records import Record, Subscriber
 from lipschitz_lab.scheduler import checks, transitions
 from lipschitz_lab.scheduler.options import EMAOptions, SmoothOptions
-from lipschitz_lab.scheduler.rate import CLAMPS, lr_mode, tensorize, write_group_rates, write_rate
+from lipschitz_lab.scheduler.rate import lr_mode, tensorize, write_group_rates, write_rate
 from lipschitz_lab.steplog import StepLog
 
 __all__ = ["LipschitzLR"]
@@ -127,14 +127,7 @@ class LipschitzLR(LRScheduler):
         self.probe = Probe(model, layer, sigma=smooth.sigma if measure_beta else None,
                            power_iters=smooth.power_iters, scale_check=self._check)
         self.log = log if log is not None else StepLog(flush_every)
-        self.layerwise = None
-        if smooth.layerwise:
-            if bound != "smooth" or recompute != "step":
-                raise ValueError(f"layerwise=True is a smoothness rule renewed every step; got bound={bound!r}, "
-                                 f"recompute={recompute!r}")
-            from lipschitz_lab.scheduler.layerwise import LayerwiseSmoothness
-            self.layerwise = LayerwiseSmoothness(model, smooth.power_iters)
-            self.group_layer = self.layerwise.group_layers(optimizer)
+        self.layerwise, self.group_layer = checks.layerwise(model, optimizer, bound, recompute, smooth)
         self._betas: torch.Tensor | None = None   # layerwise: β per layer of the rate in force
         self.lr_mode = lr_mode(optimizer)
         if self.lr_mode == "tensor":
@@ -154,7 +147,7 @@ class LipschitzLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     # -- the bound and the rate --------------------------------------------------
-    def _lam(self) -> float:
+    def _lam(self) -> float:   # λ: the largest weight decay of the groups
         return max(float(g.get("weight_decay", 0.0) or 0.0) for g in self.optimizer.param_groups)
 
     def _params(self, stats_K_a, stats_y) -> dict[str, Any]:
@@ -238,16 +231,7 @@ class LipschitzLR(LRScheduler):
     def measure_epoch(self, loader: Iterable | None = None) -> dict[str, Any]:
         """The authors' protocol: eval-mode, no-grad pass over ``loader``; the
         largest K_z over its batches sets the rate from now on (``kz_mode="eval"``).  Syncs."""
-        loader = self.loader if loader is None else loader
-        if loader is None:
-            raise ValueError("loader is required for measure_epoch (or give loader= to LipschitzLR)")
-        stats = self.probe.measure(loader, label=f"epoch {self.epoch} measurement")
-        w_max = self.probe.w_max()
-        self._set_rate(stats, w_max, "eval", "exact protocol")
-        self.state = "set"
-        lr, K_z, L, code = self._rate.tolist()
-        self.last_measurement = {**stats, "w_max": w_max, "lr": lr, "K_z": K_z, "L": L,
-                                 "clamped": CLAMPS[int(code)], **self._rate_info}
+        self.last_measurement = transitions.measure(self, self.loader if loader is None else loader)
         return self.last_measurement
 
     # -- the scheduler protocol ------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lipschitz_lab.bounds import smoothness_bound
-from lipschitz_lab.scheduler.rate import clamp_rate, write_rate
+from lipschitz_lab.scheduler.rate import CLAMPS, clamp_rate, write_rate
 from lipschitz_lab.scheduler.record import StepDecoder
 
 __all__ = ["CHECK_EVERY", "step", "epoch_end", "rate_vector", "device_stats", "state_dict", "load_state_dict"]
@@ -96,6 +96,18 @@ def layer_rates(s, stats: dict[str, Any], lam: float) -> tuple[torch.Tensor, tor
     K_z = stats[f"K_z_{s.kz}"]
     lr, code = clamp_rate(per_group, K_z, s.min_lr, s.max_lr)
     return torch.stack([lr[0], K_z.to(lr.dtype), betas[s.group_layer[0]], code[0]]), lr
+
+
+def measure(s, loader) -> dict[str, Any]:
+    """The exact protocol's eval pass sets the rate (state ``set``); returns what it measured."""
+    if loader is None:
+        raise ValueError("loader is required for measure_epoch (or give loader= to LipschitzLR)")
+    stats = s.probe.measure(loader, label=f"epoch {s.epoch} measurement")
+    w_max = s.probe.w_max()
+    s._set_rate(stats, w_max, "eval", "exact protocol")
+    s.state = "set"
+    lr, K_z, L, code = s._rate.tolist()
+    return {**stats, "w_max": w_max, "lr": lr, "K_z": K_z, "L": L, "clamped": CLAMPS[int(code)], **s._rate_info}
 
 
 # -- one step ------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ class Session:
     start_epoch: int = 0
     step: int = 0
     t0: float = field(default_factory=time.perf_counter)
+    steps_per_epoch: int | None = None     # for progress: the length of the training loader
+    epochs: int | None = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -39,7 +41,7 @@ class Session:
         """Status records go to subscribers; the store keeps the status in the run's row."""
         for sink in self.subscribers:
             sink({"kind": "status", "status": status, "run_id": self.run_id, "reason": reason,
-                  "step": step, "epoch": epoch})
+                  "step": step, "epoch": epoch, "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs})
 
 
 def _share(value, world: int):
@@ -94,7 +96,7 @@ def open_session(setup: Setup, store, *, resume: str | None, run_key: str | None
             store.set_status(run_id, "running")
     writer = StoreWriter(store, run_id, enabled=setup.rank == 0)
     session = Session(store, run_id, writer, list(subscribers), start_epoch, step,
-                      time.perf_counter() - offset)
+                      time.perf_counter() - offset, len(setup.train_loader), setup.config.epochs)
     setup.log.sinks[:0] = [writer, *session.subscribers]
     return session
 

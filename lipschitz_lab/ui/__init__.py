@@ -7,6 +7,8 @@ Exports load on first use, so ``import lipschitz_lab.ui`` stays cheap:
 - :func:`runs_panel` -- browse the run store and overlay runs
 - :func:`write_report` -- one self-contained HTML file per run
 - :func:`study_panel` -- what-if studies: policies compared side by side
+- :class:`LabApp` -- all four panels as tabs: the page ``lipschitz-lab app`` serves
+  (``lipschitz_lab.ui.app.app()``; the module ``ui.app`` keeps that name)
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ _LAZY = {
     "runs_panel": "lipschitz_lab.ui.runs_panel",
     "RunsPanel": "lipschitz_lab.ui.runs_panel",
     "write_report": "lipschitz_lab.ui.report",
-    "study_panel": "lipschitz_lab.ui.study_panel",     # the what-if study panel (issue 6)
+    "study_panel": "lipschitz_lab.ui.study_panel",     # the what-if study panel
     "StudyPanel": "lipschitz_lab.ui.study_panel",
+    "LabApp": "lipschitz_lab.ui.app",                   # the desktop app's page
 }
 
 __all__ = list(_LAZY)

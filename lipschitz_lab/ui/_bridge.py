@@ -17,10 +17,12 @@ Without a running loop (a plain script, pytest) nothing is scheduled: call
 from __future__ import annotations
 
 import asyncio
+import atexit
 import html
 import queue
 import re
 import threading
+import weakref
 from typing import Any, Callable
 
 Record = dict[str, Any]
@@ -104,7 +106,52 @@ class Bridge:
         return not self._queue.empty()
 
 
+def poll_study(path, spec, put: Callable[[Record], None], done: threading.Event, interval: float) -> None:
+    """Feed a study panel from the run store until ``done`` is set, then once more.
+
+    Every ``interval`` s: each run's new step and epoch rows (``{"kind": "run", ...}``; a
+    resume that truncated a run sends ``{"kind": "reset"}`` first), the study's progress
+    (:func:`lipschitz_lab.studies.progress.progress`), and at the end ``{"kind": "panel",
+    "event": "done"}``.  Reading the store, not subscribing, sees runs in worker processes
+    and on other machines the same way as runs in this one.
+    """
+    from lipschitz_lab.runs import RunStore
+    from lipschitz_lab.studies.progress import progress
+    store = RunStore(path)                       # this thread's own connection
+    plans = spec.runs()
+    seen: dict[str, tuple[int, int, str | None]] = {}    # run_id -> (steps, epochs, status) sent
+    while True:
+        last = done.is_set()
+        for plan in plans:
+            run = store.find_run(plan.key)
+            if run is None:
+                continue
+            rid, status = run["id"], run["status"]
+            n_steps, n_epochs, was = seen.get(rid, (0, 0, None))
+            if was is not None and was != "running" and status == was:
+                continue                          # an ended run sends nothing new
+            steps, epochs = store.records(rid, "step"), store.records(rid, "epoch")
+            if len(steps) < n_steps or len(epochs) < n_epochs:
+                put({"kind": "reset", "run_id": rid})
+                n_steps = n_epochs = 0
+            rows = [{"kind": "step", "step": r.get("step"), "lr": r.get("lr")} for r in steps[n_steps:]]
+            rows += [{"kind": "epoch", "epoch": r.get("epoch"), "val_acc": r.get("val_acc"),
+                      "test_acc": r.get("test_acc")} for r in epochs[n_epochs:]]
+            if rows or status != was:
+                put({"kind": "run", "run_id": rid, "policy": plan.policy, "seed": plan.seed, "status": status,
+                     "rows": rows})
+            seen[rid] = (len(steps), len(epochs), status)
+        put({"kind": "progress", "line": progress(store, spec).line()})
+        if last:
+            break
+        done.wait(interval)
+    store.close()
+    put({"kind": "panel", "event": "done"})
+
+
 _BOKEHJS_LOADED = False
+#: set to "1" where the page itself loads BokehJS (the app's Voilà template): no loader is emitted
+BOKEHJS_IN_PAGE = "LIPSCHITZ_LAB_PAGE_BOKEHJS"
 
 
 def in_kernel() -> bool:
@@ -117,13 +164,16 @@ def in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def load_bokehjs(force: bool = False) -> bool:
+def load_bokehjs(force: bool = False, *, in_page: bool = False) -> bool:
     """Put BokehJS into the page, inline (works offline), once per kernel.
 
     ``jupyter_bokeh.BokehModel`` renders with the page's ``window.Bokeh``; it
-    does not bring its own.  Returns True when it emitted the loader.
+    does not bring its own.  ``in_page``: the page has it already (the app's
+    template serves it): only remember that.  Returns True when it emitted the loader.
     """
     global _BOKEHJS_LOADED
+    if in_page:
+        _BOKEHJS_LOADED = True
     if not in_kernel() or (_BOKEHJS_LOADED and not force):
         return False
     from bokeh.io import output_notebook
@@ -143,12 +193,41 @@ def status_html(state: str, text: str) -> str:
     return f"<span style='color:{STATUS_COLORS.get(state, 'black')}'><b>{state}</b></span>: {text}"
 
 
+#: panels with a run in flight; when the kernel exits (the app's page closed), their runs stop
+_IN_FLIGHT: "weakref.WeakSet[BridgedPanel]" = weakref.WeakSet()
+#: seconds a run gets to stop and record its status as the kernel exits
+EXIT_GRACE_S = 3.0
+
+
+@atexit.register
+def _stop_in_flight() -> None:
+    for panel in list(_IN_FLIGHT):
+        panel.stop_at_exit()
+
+
 class BridgedPanel:
     """What a panel fed through a :class:`Bridge` shares: its status line (``self.status``,
-    a ``widgets.HTML``) and, for tests and scripts, applying the queue by hand."""
+    a ``widgets.HTML``), a run that stops when the kernel exits, and, for tests and scripts,
+    applying the queue by hand."""
 
     status: Any
     _bridge: Bridge | None
+    _stop_event: threading.Event | None
+    _active: bool
+
+    def _in_flight(self) -> None:
+        """Called as a run starts: if the kernel exits meanwhile, the run stops and says so."""
+        _IN_FLIGHT.add(self)
+
+    def stop_at_exit(self) -> None:
+        """Stop the run in flight and give it :data:`EXIT_GRACE_S` to record "stopped"
+        (a closed page's kernel is going: a run left "running" in the store would never end)."""
+        if self._active and self._stop_event is not None:
+            self._stop_event.set()
+            self.wait(EXIT_GRACE_S)
+
+    def wait(self, timeout: float | None = None) -> bool:   # the panels join their threads
+        raise NotImplementedError
 
     def _set_status(self, state: str, text: str) -> None:
         self.status.value = status_html(state, text)

@@ -73,7 +73,8 @@ class RunsPanel(widgets.VBox):
         load_bokehjs()
         self.plot = BokehModel(gridplot([[self.figures["acc"], self.figures["lr"]], [self.figures["loss"], None]]))
         self.refresh()
-        super().__init__(children=[self.table, widgets.HBox([self.select, self.refresh_button]), self.plot])
+        hint = widgets.HTML("<i>Choose runs (ctrl- or shift-click) to overlay their curves.</i>")
+        super().__init__(children=[self.table, hint, widgets.HBox([self.select, self.refresh_button]), self.plot])
         self.add_class("lipschitz-runs-panel")
 
     @staticmethod

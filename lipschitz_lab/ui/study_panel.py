@@ -6,12 +6,11 @@
 Threads (docs/architecture.md, "Threads in the notebook"):
 
 1. Launch builds a :class:`~lipschitz_lab.studies.spec.StudySpec` from the widgets and runs
-   :func:`~lipschitz_lab.studies.runner.run_study` in a background thread (its runs in
-   this process, or in ``workers`` spawned processes).
-2. A second background thread polls the run store (every ``poll`` seconds) for the
-   records of the study's runs and only queues them, as plain dicts, on a
-   :class:`~lipschitz_lab.ui._bridge.Bridge`.  Polling the store, rather than
-   subscribing, sees runs in worker processes the same way as runs in this one.
+   :func:`~lipschitz_lab.studies.runner.run_study` in a background thread (on the chosen
+   backend: this process, ``workers`` spawned processes, or a Ray cluster).
+2. A second background thread polls the run store (:func:`~lipschitz_lab.ui._bridge.poll_study`)
+   for the records and the progress of the study's runs and only queues them on a
+   :class:`~lipschitz_lab.ui._bridge.Bridge`: it sees runs in other processes, or machines, alike.
 3. One function, :meth:`StudyPanel._apply`, updates the Bokeh sources and the
    widgets on the kernel's event loop, in batches of about 0.2 s.
 4. Stop sets the study's stop event: runs in flight stop after their batch
@@ -26,16 +25,18 @@ import html
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import ipywidgets as widgets
 import pandas as pd
 from jupyter_bokeh import BokehModel
 
+from lipschitz_lab.choices import choices
 from lipschitz_lab.config import ConfigError, TrainConfig
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.studies.spec import StudySpec, catalogue, select
-from lipschitz_lab.ui._bridge import Bridge, BridgedPanel, load_bokehjs, running_loop
+from lipschitz_lab.ui._bridge import Bridge, BridgedPanel, load_bokehjs, poll_study, running_loop
+from lipschitz_lab.ui._fields import LABEL_WIDTH, DataFields, duration, inline_markdown, int_field, read_int
 from lipschitz_lab.ui.report import as_store
 from lipschitz_lab.ui.study_plots import StudyFigures
 
@@ -46,33 +47,55 @@ DEFAULT_SELECTION = ("lipschitz-paper-epoch-sgd", "lipschitz-corrected-epoch-sgd
                      "onecycle-0.1", "prodigy")
 
 
-class StudyPanel(BridgedPanel, widgets.VBox):
-    """A policy multi-select, seeds, Launch/Stop, a status line, and the live comparison figures.
+def _backends() -> tuple[str, ...]:
+    from lipschitz_lab.studies.backends import BACKENDS
+    return BACKENDS
 
-    ``base`` are :class:`~lipschitz_lab.config.TrainConfig` fields shared by every run.
+
+class StudyPanel(BridgedPanel, widgets.VBox):
+    """A policy multi-select, the data and run length, seeds, the backend, Launch/Stop, a status
+    line, the progress, and the live comparison figures.
+
+    ``base`` are :class:`~lipschitz_lab.config.TrainConfig` fields shared by every run (the
+    widgets' values override theirs).  ``on_done`` callables get the study's name when it ends.
     """
 
     def __init__(self, store: RunStore | str | None = None, *, name: str = "panel-study",
                  policies: list[str] | tuple[str, ...] = DEFAULT_SELECTION, seeds: tuple[int, ...] = (0,),
                  workers: int = 1, target_acc: float | None = None, poll: float = 0.5, **base: Any):
-        TrainConfig.from_dict(base)                      # unknown fields fail here, naming the field
+        cfg = TrainConfig.from_dict(base)                # unknown fields fail here, naming the field
         self.store = as_store(store)
         self.base, self.name, self.target_acc, self.poll = dict(base), name, target_acc, poll
         self.catalogue = catalogue()
-        chosen = [p.name for p in select(list(policies))]
-        self.selector = widgets.SelectMultiple(options=list(self.catalogue), value=tuple(chosen),
-                                               rows=12, description="policies")
-        self.seeds = widgets.Text(value=", ".join(str(s) for s in seeds), description="seeds")
-        self.workers = widgets.BoundedIntText(value=workers, min=1, max=64, description="workers")
-        for w in (self.selector, self.seeds, self.workers):
-            w.style.description_width = "70px"
+        self.selector = widgets.SelectMultiple(options=list(self.catalogue), rows=14, description="policies",
+                                               value=tuple(p.name for p in select(list(policies))))
         self.selector.layout.width = "420px"
+        self.data = DataFields(cfg, choices())
+        models = list(choices()["model"])
+        self.model = widgets.Dropdown(options=models + ([cfg.model] if cfg.model not in models else []),
+                                      value=cfg.model, description="model")
+        self.epochs = int_field("epochs", cfg.epochs, "epochs")
+        self.max_steps = int_field("max steps", cfg.max_steps, "max_steps")
+        self.batch_size = int_field("batch size m", cfg.batch_size, "batch_size")
+        self.seeds = widgets.Text(value=", ".join(str(s) for s in seeds), description="seeds")
+        self.backend = widgets.Dropdown(options=list(_backends()), value="local", description="backend")
+        self.address = widgets.Text(value="", description="Ray address", placeholder="auto, ray://host:10001")
+        self.workers = widgets.BoundedIntText(value=workers, min=1, max=256, description="workers")
+        self.backend.observe(lambda _c: self._show_address(), names="value")
+        self._show_address()
+        fields = [self.data.dataset, self.model, self.data.device, self.epochs, self.max_steps, self.batch_size,
+                  self.seeds, self.backend, self.address, self.workers]
+        for w in fields + [self.data.data_root, self.data.path]:
+            w.style.description_width = LABEL_WIDTH
+            w.layout.width = "300px"
         self.launch_button = widgets.Button(description="Launch", button_style="success", icon="play")
         self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.launch_button.on_click(self.launch)
         self.stop_button.on_click(self.stop)
         self.status = widgets.HTML(value="<b>ready</b>: pick policies, press Launch")
         self.progress = widgets.HTML(value="")
+        self.status.add_class("lipschitz-status")
+        self.progress.add_class("lipschitz-progress")
         self.plot_box = widgets.Box()
 
         self.spec: StudySpec | None = None
@@ -80,25 +103,41 @@ class StudyPanel(BridgedPanel, widgets.VBox):
         self.result = None                    # the runner's StudyResult once the study ends
         self.table: pd.DataFrame | None = None  # the results table, read from the store at the end
         self.error: str | None = None
+        self.on_done: list[Callable[[str], None]] = []
         self._threads: list[threading.Thread] = []
         self._stop_event: threading.Event | None = None
         self._bridge: Bridge | None = None
         self._active = False
+        self._t0 = 0.0
         self._epochs: dict[str, list[dict]] = {}     # run_id -> epoch rows seen so far
         self._steps: dict[str, list[dict]] = {}      # run_id -> step rows seen so far
         self._runs: dict[str, dict] = {}             # run_id -> {policy, seed, status}
         load_bokehjs()
 
-        controls = widgets.VBox([self.seeds, self.workers,
+        grid = widgets.GridBox(fields, layout=widgets.Layout(grid_template_columns="repeat(2, 310px)"))
+        controls = widgets.VBox([grid, self.data.data_root, self.data.path,
                                  widgets.HBox([self.launch_button, self.stop_button])])
         super().__init__(children=[widgets.HBox([self.selector, controls]), self.status, self.progress,
                                    self.plot_box])
         self.add_class("lipschitz-study-panel")
 
+    def _show_address(self) -> None:
+        self.address.layout.display = None if self.backend.value == "ray" else "none"
+
     # -- the study ------------------------------------------------------------------
     def select(self, names: list[str]) -> None:
         """Select policies by name, group or glob (what a click in the multi-select does)."""
         self.selector.value = tuple(p.name for p in select(list(names)))
+
+    def base_config(self) -> dict[str, Any]:
+        """The config every run shares: ``base``, overridden by the widgets."""
+        data = self.data.config()
+        options = dict(self.base.get("dataset_options") or {}) if data["dataset"] == self.base.get(
+            "dataset", TrainConfig.dataset) else {}
+        return {**self.base, **data, "dataset_options": {**options, **data["dataset_options"]},
+                "model": self.model.value, "epochs": read_int(self.epochs, optional=False),
+                "max_steps": read_int(self.max_steps, optional=True),
+                "batch_size": read_int(self.batch_size, optional=False)}
 
     def build_spec(self) -> StudySpec:
         """The study a Launch would run (raises ConfigError naming a bad field)."""
@@ -108,8 +147,13 @@ class StudyPanel(BridgedPanel, widgets.VBox):
             raise ConfigError(f"seeds={self.seeds.value!r}: need integers, e.g. '0, 1'") from None
         if not self.selector.value:
             raise ConfigError("policies=(): select at least one policy")
-        spec = StudySpec(self.name, dict(self.base), [self.catalogue[n] for n in self.selector.value],
-                         seeds, self.target_acc)
+        if self.backend.value == "ray" and not self.address.value.strip():
+            raise ConfigError("address='': give the Ray cluster's address ('auto', 'ray://host:10001')")
+        base = self.base_config()
+        missing = self.data.check(base)
+        if missing:
+            raise ConfigError(missing)
+        spec = StudySpec(self.name, base, [self.catalogue[n] for n in self.selector.value], seeds, self.target_acc)
         spec.runs()                                     # every config validated now, in the cell
         return spec
 
@@ -122,6 +166,7 @@ class StudyPanel(BridgedPanel, widgets.VBox):
         """Start the study in a background thread (a second Launch while one runs does nothing)."""
         if self._active:
             return
+        self.progress.value = ""                 # nothing of an earlier study stays under a new line
         try:
             self.spec = self.build_spec()
         except ConfigError as exc:
@@ -133,20 +178,24 @@ class StudyPanel(BridgedPanel, widgets.VBox):
         self.figures = StudyFigures([p.name for p in self.spec.policies],
                                     {p.name: p.family for p in self.spec.policies}, width=820, height=300)
         self.plot_box.children = (BokehModel(self.figures.layout),)
-        self._active = True
+        self._active, self._t0 = True, time.monotonic()
         self.launch_button.disabled, self.stop_button.disabled = True, False
         n = len(self.spec.policies) * len(self.spec.seeds)
-        self._set_status("running", f"study <code>{self.spec.name}</code>: {n} runs…")
+        self._set_status("running", f"study <code>{html.escape(self.spec.name)}</code>: {n} runs on "
+                                    f"{html.escape(self.backend.value)}…")
         self._stop_event = threading.Event()
         self._bridge = Bridge(self._apply, running_loop())
         done = threading.Event()
-        study = threading.Thread(target=self._work, args=(self.spec, self.workers.value, done),
-                                 name="lipschitz-lab-study", daemon=True)
-        poller = threading.Thread(target=self._poll, args=(self.spec, done),
-                                  name="lipschitz-lab-study-poll", daemon=True)
-        self._threads = [study, poller]
-        study.start()
-        poller.start()
+        where = {"workers": self.workers.value, "backend": self.backend.value,
+                 "address": self.address.value.strip() or None}
+        self._threads = [threading.Thread(target=self._work, args=(self.spec, where, done),
+                                          name="lipschitz-lab-study", daemon=True),
+                         threading.Thread(target=poll_study, args=(self.store.path, self.spec, self._bridge.put,
+                                                                   done, self.poll),
+                                          name="lipschitz-lab-study-poll", daemon=True)]
+        for t in self._threads:
+            t.start()
+        self._in_flight()
 
     def stop(self, _button: widgets.Button | None = None) -> None:
         """Stop the runs in flight after their batch; start no more."""
@@ -156,62 +205,16 @@ class StudyPanel(BridgedPanel, widgets.VBox):
             self._set_status("running", "stopping…")
 
     # -- background threads: they only queue ---------------------------------------------
-    def _work(self, spec: StudySpec, workers: int, done: threading.Event) -> None:
+    def _work(self, spec: StudySpec, where: dict, done: threading.Event) -> None:
         from lipschitz_lab.studies.runner import run_study
         bridge = self._bridge
         try:
-            result = run_study(spec, self.store.path, workers=workers, stop_event=self._stop_event,
-                               on_outcome=lambda o: bridge.put({"kind": "outcome", "policy": o.policy,
-                                                                "seed": o.seed, "action": o.action,
-                                                                "status": o.status, "run_id": o.run_id}))
+            self.result = run_study(spec, self.store.path, stop_event=self._stop_event, **where)
         except Exception as exc:  # the thread must report, not die silently
-            done.set()
             bridge.put({"kind": "panel", "event": "failed", "message": f"{type(exc).__name__}: {exc}",
                         "traceback": traceback.format_exc()})
-            return
-        self.result = result
-        done.set()                          # the poller makes its last sweep, then reports "done"
-
-    def _poll(self, spec: StudySpec, done: threading.Event) -> None:
-        store = RunStore(self.store.path)   # this thread's own connection
-        plans = spec.runs()
-        seen: dict[str, tuple[int, int, str]] = {}      # run_id -> (steps, epochs, status) already queued
-        finished: set[str] = set()
-        while True:
-            last = done.is_set()
-            for plan in plans:
-                run = store.find_run(plan.key)
-                if run is None or run["id"] in finished:
-                    continue
-                rid = run["id"]
-                n_steps, n_epochs, status = seen.get(rid, (0, 0, None))
-                steps = store.records(rid, "step")
-                epochs = store.records(rid, "epoch")
-                if len(steps) < n_steps or len(epochs) < n_epochs:   # a resume truncated: start over
-                    self._bridge.put({"kind": "reset", "run_id": rid})
-                    n_steps = n_epochs = 0
-                rows = [{"kind": "step", "run_id": rid, "step": r.get("step"), "lr": r.get("lr")}
-                        for r in steps[n_steps:]]
-                rows += [{"kind": "epoch", "run_id": rid, "epoch": r.get("epoch"), "val_acc": r.get("val_acc"),
-                          "test_acc": r.get("test_acc")} for r in epochs[n_epochs:]]
-                if rows or run["status"] != status:
-                    self._bridge.put({"kind": "run", "run_id": rid, "policy": plan.policy, "seed": plan.seed,
-                                      "status": run["status"], "rows": rows})
-                seen[rid] = (len(steps), len(epochs), run["status"])
-                if run["status"] != "running":
-                    finished.add(rid)
-            if last:
-                break
-            done.wait(self.poll)
-        store.close()
-        result = self.result
-        self._bridge.put({"kind": "panel", "event": "done",
-                          "trained": len(result.trained) if result else 0,
-                          "skipped": result.count(action="skipped") if result else 0,
-                          "stopped": result.count(status="stopped") if result else 0,
-                          "not_started": result.count(action="not started") if result else 0,
-                          "stop_requested": self._stop_event is not None and self._stop_event.is_set(),
-                          "wall_time": result.wall_time if result else 0.0})
+        finally:
+            done.set()                      # the poller makes its last sweep, then reports "done"
 
     # -- the loop side: the one function that touches Bokeh and the widgets ----------------
     def _apply(self, batch: list[Record]) -> None:
@@ -226,57 +229,56 @@ class StudyPanel(BridgedPanel, widgets.VBox):
                 changed = True
             elif kind == "reset":
                 self._steps[r["run_id"]], self._epochs[r["run_id"]] = [], []
-            elif kind == "outcome" and r.get("run_id") in self._runs:
-                self._runs[r["run_id"]]["status"] = r["status"]
+            elif kind == "progress" and self._active:
+                self.progress.value = (f"{html.escape(r['line'])} · {duration(time.monotonic() - self._t0)} "
+                                       "elapsed")
             elif kind == "panel":
                 self._on_panel(r)
         if changed:
             self._redraw()
 
     def _frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        epochs = [{"policy": meta["policy"], "seed": meta["seed"], "run_id": rid, **row}
-                  for rid, meta in self._runs.items() for row in self._epochs.get(rid, [])]
-        steps = [{"policy": meta["policy"], "seed": meta["seed"], "run_id": rid, **row}
-                 for rid, meta in self._runs.items() for row in self._steps.get(rid, [])]
-        ecols = ["policy", "seed", "run_id", "epoch", "val_acc", "test_acc"]
-        scols = ["policy", "seed", "run_id", "step", "lr"]
-        e = pd.DataFrame(epochs, columns=ecols + ["kind"]).drop(columns="kind")
-        s = pd.DataFrame(steps, columns=scols + ["kind"]).drop(columns="kind")
-        for col in ("val_acc", "test_acc"):
-            e[col] = pd.to_numeric(e[col], errors="coerce")
-        s["lr"] = pd.to_numeric(s["lr"], errors="coerce")
-        return e, s
+        cols = {"epoch": ["epoch", "val_acc", "test_acc"], "step": ["step", "lr"]}
+        frames = []
+        for kind, rows in (("epoch", self._epochs), ("step", self._steps)):
+            data = [{"policy": meta["policy"], "seed": meta["seed"], "run_id": rid, **row}
+                    for rid, meta in self._runs.items() for row in rows.get(rid, [])]
+            f = pd.DataFrame(data, columns=["policy", "seed", "run_id", *cols[kind], "kind"]).drop(columns="kind")
+            for col in cols[kind][1:]:
+                f[col] = pd.to_numeric(f[col], errors="coerce")
+            frames.append(f)
+        return frames[0], frames[1]
 
     def _redraw(self) -> None:
         epochs, steps = self._frames()
         self.figures.set_epochs(epochs)
         self.figures.set_steps(steps)
-        counts: dict[str, int] = {}
-        for meta in self._runs.values():
-            counts[meta["status"]] = counts.get(meta["status"], 0) + 1
-        total = len(self.spec.policies) * len(self.spec.seeds)
-        self.progress.value = f"{len(self._runs)}/{total} runs started · " + " · ".join(
-            f"{k} {v}" for k, v in sorted(counts.items()))
 
     def _on_panel(self, r: Record) -> None:
-        if r["event"] == "done":
+        result = self.result
+        if r["event"] == "done" and self.error is None:
             from lipschitz_lab.studies.results import study_table, verdict
-            table = study_table(self.store, self.spec)
-            self.table = table
+            self.table = table = study_table(self.store, self.spec)
             self.figures.set_table(table)
-            text = html.escape(verdict(table)) if len(table) else "no runs"
-            if r.get("stop_requested"):
-                self._set_status("stopped", f"{r.get('stopped', 0)} runs stopped, {r.get('not_started', 0)} not "
-                                            f"started, {r['trained']} trained, {r['wall_time']:.1f} s · Launch "
-                                            f"again to resume (finished runs are skipped)")
+            trained = len(result.trained) if result else 0
+            wall = f"{result.wall_time:.1f} s" if result else "?"
+            if self._stop_event is not None and self._stop_event.is_set():
+                self._set_status("stopped", f"{result.count(status='stopped') if result else 0} runs stopped, "
+                                            f"{result.count(action='not started') if result else 0} not started, "
+                                            f"{trained} trained, {wall} · Launch again to resume (finished "
+                                            "runs are skipped)")
             else:
-                self._set_status("finished", f"{r['trained']} trained, {r['skipped']} already in the store, "
-                                             f"{r['wall_time']:.1f} s · {text}")
-        else:
+                text = inline_markdown(verdict(table)) if len(table) else "no runs"
+                skipped = result.count(action="skipped") if result else 0
+                self._set_status("finished", f"{trained} trained, {skipped} already in the store, {wall} · {text}")
+        elif r["event"] == "failed":
             self.error = r["message"]
             self._set_status("failed", html.escape(r["message"]))
+            return                              # the poller's "done" follows and ends the study
         self._active = False
         self.launch_button.disabled, self.stop_button.disabled = False, True
+        for fn in self.on_done:
+            fn(self.spec.name)
 
     # -- for tests and scripts (never inside a notebook cell) ------------------------------
     def wait(self, timeout: float | None = None) -> bool:

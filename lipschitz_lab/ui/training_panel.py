@@ -21,39 +21,46 @@ import html
 import math
 import threading
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import ipywidgets as widgets
 from jupyter_bokeh import BokehModel
 
-from lipschitz_lab.config import ConfigError, TrainConfig
+from lipschitz_lab.config import TrainConfig
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.ui._bridge import Bridge, BridgedPanel, load_bokehjs, running_loop
+from lipschitz_lab.ui._fields import LABEL_WIDTH, DataFields, duration, time_left
 from lipschitz_lab.ui.figures import RunFigures, number
 from lipschitz_lab.ui.report import as_store
 
 Record = dict[str, Any]
 
-#: the widgets, by config field: (kind, label); choices for dropdowns come from the registries
-DROPDOWNS = ("dataset", "model", "loss", "lr_policy", "optimizer", "bound", "kz", "recompute")
+#: the widgets, by config field; the menus' choices are choices.choices(), read live
+DROPDOWNS = ("model", "loss", "lr_policy", "optimizer", "bound", "kz", "recompute")
 NUMBERS = ("batch_size", "epochs", "weight_decay", "min_lr", "max_lr")
-LABELS = {"dataset": "data set", "model": "model", "loss": "loss", "lr_policy": "policy",
-          "optimizer": "optimizer", "bound": "bound", "kz": "K_z definition", "recompute": "recompute",
-          "batch_size": "batch size m", "epochs": "epochs", "weight_decay": "weight decay λ",
-          "min_lr": "min lr", "max_lr": "max lr"}
+LABELS = {"model": "model", "loss": "loss", "lr_policy": "policy", "optimizer": "optimizer", "bound": "bound",
+          "kz": "K_z definition", "recompute": "recompute", "batch_size": "batch size m", "epochs": "epochs",
+          "weight_decay": "weight decay λ", "min_lr": "min lr", "max_lr": "max lr"}
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    from lipschitz_lab.config import choices
+    from lipschitz_lab.choices import choices
     return choices()
 
 
+def run_name(cfg: dict[str, Any]) -> str:
+    """What ``runs list`` calls a run started here: ``"lipschitz strict (panel)"``."""
+    policy = cfg.get("lr_policy", "lipschitz")
+    detail = cfg.get("bound", "paper") if policy == "lipschitz" else f"lr={cfg.get('lr', 0.01):g}"
+    return f"{policy} {detail} (panel)"
+
+
 class TrainingPanel(BridgedPanel, widgets.VBox):
-    """Controls, a status line, a step counter and the live figures of one run at a time.
+    """Controls, a status line, a progress line and the live figures of one run at a time.
 
     ``defaults`` are :class:`~lipschitz_lab.config.TrainConfig` fields: those with a
     widget set its initial value, the others (``max_steps``, ``seed``, ...) go to
-    every run unchanged.
+    every run unchanged.  ``on_done`` callables get the run id when a run ends.
     """
 
     def __init__(self, store: RunStore | str | None = None, **defaults: Any):
@@ -61,17 +68,21 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         self.store = as_store(store)
         self.defaults = dict(defaults)
         choices = _choices()
-        self.controls: dict[str, widgets.ValueWidget] = {}
+        self.data = DataFields(base, choices)
+        self.controls: dict[str, widgets.ValueWidget] = {"dataset": self.data.dataset}
         for name in DROPDOWNS:
-            value = getattr(base, name)
-            options = list(choices[name]) + ([value] if value not in choices[name] else [])
-            self.controls[name] = widgets.Dropdown(options=options, value=value, description=LABELS[name])
+            self.controls[name] = widgets.Dropdown(options=[getattr(base, name)], value=getattr(base, name),
+                                                   description=LABELS[name])
+        self.controls["device"] = self.data.device
         for name in NUMBERS:
             kind = widgets.IntText if name in ("batch_size", "epochs") else widgets.FloatText
             self.controls[name] = kind(value=getattr(base, name), description=LABELS[name])
         for w in self.controls.values():
-            w.style.description_width = "110px"
+            w.style.description_width = LABEL_WIDTH
             w.layout.width = "260px"
+        self.refresh_choices(choices)
+        self.data.data_root.layout.width = "530px"
+        self.data.path.layout.width = "530px"
 
         self.start_button = widgets.Button(description="Start", button_style="success", icon="play")
         self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
@@ -89,26 +100,43 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         self.run_id: str | None = None
         self.run = None                     # the trainer's Run once it returns
         self.error: str | None = None       # the last ConfigError / failure, as shown
+        self.on_done: list[Callable[[str | None], None]] = []
         self._thread: threading.Thread | None = None
         self._stop_event: threading.Event | None = None
         self._bridge: Bridge | None = None
         self._active = False
-        self._epochs = base.epochs
-        self._planned = False
         self._cfg: dict[str, Any] = {}
+        self._per_epoch: int | None = None   # steps per epoch, once known
 
         grid = widgets.GridBox(list(self.controls.values()),
                                layout=widgets.Layout(grid_template_columns="repeat(3, 270px)"))
         bar = widgets.HBox([self.start_button, self.stop_button, self.counter],
                            layout=widgets.Layout(align_items="center"))
-        super().__init__(children=[grid, bar, self.status, self.plot])
+        super().__init__(children=[grid, self.data.data_root, self.data.path, bar, self.status, self.plot])
         self.add_class("lipschitz-training-panel")
 
     # -- the config -----------------------------------------------------------------
+    def refresh_choices(self, choices: dict[str, tuple[str, ...]] | None = None) -> None:
+        """Read the menus' choices again (a loss registered since shows up); values stay."""
+        choices = choices or _choices()
+        for name in DROPDOWNS:
+            w = self.controls[name]
+            value = w.value
+            options = list(choices[name]) + ([value] if value not in choices[name] else [])
+            if list(w.options) != options:
+                w.options = options
+                w.value = value
+
     def config(self) -> dict[str, Any]:
         """The config a Start would train: the defaults, overridden by the widgets."""
         cfg = dict(self.defaults)
         cfg.update({name: w.value for name, w in self.controls.items()})
+        data = self.data.config()
+        same_set = data["dataset"] == self.defaults.get("dataset", TrainConfig.dataset)
+        options = dict(self.defaults.get("dataset_options") or {}) if same_set else {}
+        cfg.update(data, dataset_options={**options, **data["dataset_options"]})
+        cfg.setdefault("name", None)
+        cfg["name"] = cfg["name"] or run_name(cfg)
         return cfg
 
     @property
@@ -120,13 +148,18 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         """Start a run in a background thread (a second Start while one runs does nothing)."""
         if self._active:
             return
+        self.refresh_choices()
         cfg = self._cfg = self.config()
-        self._active = True
         self.run_id = self.run = self.error = None
-        self._epochs = cfg.get("epochs", 0)
+        missing = self.data.check(cfg)
+        if missing:                          # nothing is created: say which files go where
+            self.error = missing
+            self._set_status("error", html.escape(missing))
+            return
+        self._active = True
+        self._per_epoch = None
         self.figures.reset()
         self.figures.plan(cfg.get("max_steps"))
-        self._planned = cfg.get("max_steps") is not None
         self.counter.value = "step 0"
         self._set_status("running", "starting…")
         self.start_button.disabled, self.stop_button.disabled = True, False
@@ -136,6 +169,7 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         self._thread = threading.Thread(target=self._work, args=(cfg, self._stop_event, self._bridge),
                                         name="lipschitz-lab-train", daemon=True)
         self._thread.start()
+        self._in_flight()
 
     def stop(self, _button: widgets.Button | None = None) -> None:
         """Ask the run to stop; it ends after the batch in progress."""
@@ -149,7 +183,7 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         from lipschitz_lab.trainer import train
         try:
             run = train(cfg, store=self.store, subscribers=(bridge.put,), stop_event=stop_event, progress=False)
-        except ConfigError as exc:
+        except ValueError as exc:     # ConfigError and the like: bad input, named in one line
             bridge.put({"kind": "panel", "event": "error", "message": str(exc)})
         except Exception as exc:  # the thread must report, not die silently
             bridge.put({"kind": "panel", "event": "failed", "message": f"{type(exc).__name__}: {exc}",
@@ -165,16 +199,13 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         epochs = [r for r in batch if r.get("kind") == "epoch"]
         self.figures.add_steps(steps)
         self.figures.add_epochs(epochs)
-        if epochs and not self._planned:
+        if epochs and self._per_epoch is None:
             # the first epoch tells the steps per epoch, hence the run's length: thin to fit
             last = epochs[-1]
-            per_epoch = int(last["step"]) / (int(last["epoch"]) + 1)
-            self.figures.plan(math.ceil(per_epoch * self._epochs))
-            self._planned = True
+            self._per_epoch = max(1, round(int(last["step"]) / (int(last["epoch"]) + 1)))
+            self.figures.plan(self.total_steps())
         if steps:
-            last = steps[-1]
-            self.counter.value = (f"step <b>{int(last['step']) + 1}</b> · epoch {int(last['epoch']) + 1}"
-                                  f"/{self._epochs} · lr {number(last.get('lr')):.4g}")
+            self._show_progress(steps[-1])
         for r in batch:
             kind = r.get("kind")
             if kind == "status":
@@ -182,12 +213,30 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
             elif kind == "panel":
                 self._on_panel(r)
 
+    def total_steps(self) -> int | None:
+        """The run's length in steps, once known (max_steps caps it)."""
+        cap = self._cfg.get("max_steps")
+        full = self._per_epoch * int(self._cfg.get("epochs", 1)) if self._per_epoch else None
+        return min(x for x in (cap, full) if x) if (cap or full) else None
+
+    def _show_progress(self, r: Record) -> None:
+        """``step 120/940 · epoch 2/10 · 0:12 elapsed · ~1:20 left · lr 0.0123``."""
+        step, total = int(r["step"]) + 1, self.total_steps()
+        elapsed = number(r.get("time"))
+        of = f"/{total:,}" if total else ""
+        clock = "" if math.isnan(elapsed) else f" · {duration(elapsed)} elapsed{time_left(elapsed, step, total)}"
+        self.counter.value = (f"step <b>{step}</b>{of} · epoch {int(r['epoch']) + 1}/{self._cfg.get('epochs')}"
+                              f"{clock} · lr {number(r.get('lr')):.4g}")
+
     def _on_status(self, r: Record) -> None:
         self.run_id = r.get("run_id") or self.run_id
+        if r.get("steps_per_epoch") and self._per_epoch is None:
+            self._per_epoch = int(r["steps_per_epoch"])
+            self.figures.plan(self.total_steps())
         if r["status"] == "running":
             cfg = {**TrainConfig().to_dict(), **self._cfg}    # the run's, not the widgets' now
             self._set_status("running", f"run <code>{self.run_id}</code> · {cfg['dataset']} / {cfg['model']}"
-                                        f" / {cfg['loss']} / {cfg['lr_policy']}")
+                                        f" / {cfg['loss']} / {cfg['lr_policy']} · {html.escape(cfg['device'])}")
         else:
             reason = f" · {html.escape(r['reason'])}" if r.get("reason") else ""
             self._set_status(r["status"], f"run <code>{self.run_id}</code> at step {r.get('step')}{reason}")
@@ -196,7 +245,7 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         event = r["event"]
         if event == "done":
             final = self.figures.epochs.data.get("val_acc") or []
-            acc = f" · val_acc {final[-1]:.4f}" if final and not math.isnan(final[-1]) else ""
+            acc = f" · val_acc {final[-1]:.4f}" if len(final) and not math.isnan(final[-1]) else ""
             reason = f" · {html.escape(r['reason'])}" if r.get("reason") else ""
             self._set_status(r["status"], f"run <code>{r['run_id']}</code> · {r['steps']} steps in "
                                           f"{r['wall_time']:.1f} s{acc}{reason}")
@@ -205,6 +254,8 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
             self._set_status("error" if event == "error" else "failed", html.escape(r["message"]))
         self._active = False
         self.start_button.disabled, self.stop_button.disabled = False, True
+        for fn in self.on_done:
+            fn(self.run_id)
 
     # -- for tests and scripts (never inside a notebook cell) ------------------------------
     def wait(self, timeout: float | None = None) -> bool:

@@ -1,0 +1,89 @@
+"""The app's page, written for Voilà: a one-cell notebook, a kernelspec that is this Python,
+and Voilà's ``lab`` template without its CDN links, with BokehJS served from its own folder
+(ipywidgets' bundle already carries Font Awesome).  ``lipschitz-lab app`` serves it."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+__all__ = ["TEMPLATE", "write_page"]
+
+#: the Voilà template written beside the notebook (Voilà's "lab", offline)
+TEMPLATE = "lipschitz-lab"
+#: BokehJS bundles the page loads from its own folder (bokeh.resources.INLINE's, less TeX)
+BOKEHJS = ("bokeh", "bokeh-gl", "bokeh-widgets", "bokeh-tables")
+CELL = "from lipschitz_lab.ui.app import app\n\napp()"
+
+#: closing the page shuts its kernel down (Voilà's own page leaves that to the culler): a
+#: beacon to Voilà's shutdown handler, authenticated by the page's token or XSRF cookie
+ON_CLOSE = """<script>
+window.addEventListener("pagehide", function () {
+  var el = document.getElementById("jupyter-config-data");
+  if (!el) return;
+  var cfg = JSON.parse(el.textContent), query = new URLSearchParams();
+  var token = new URLSearchParams(location.search).get("token");
+  var xsrf = document.cookie.match(/(?:^|; )_xsrf=([^;]*)/);
+  if (token) query.set("token", token);
+  if (xsrf) query.set("_xsrf", decodeURIComponent(xsrf[1]));
+  navigator.sendBeacon(cfg.baseUrl + "voila/api/shutdown/" + cfg.kernelId + "?" + query);
+});
+</script>"""
+
+
+def write_page(folder: Path) -> Path:
+    """The notebook, the kernelspec and the template under ``folder``; returns the notebook."""
+    share = folder / "share" / "jupyter"
+    # 1) a kernel that is this interpreter, whatever kernelspecs the user has
+    spec = share / "kernels" / "lipschitz-lab"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "lipschitz-lab", "language": "python"}))
+    # 2) Voilà's lab template, its CDN links dropped, BokehJS from its own static folder
+    from bokeh.util.paths import bokehjs_path
+    template = share / "voila" / "templates" / TEMPLATE
+    (template / "static").mkdir(parents=True)
+    links = _cdn_links(_lab_template())
+    for name in BOKEHJS:
+        shutil.copy(Path(bokehjs_path()) / "js" / f"{name}.min.js", template / "static")
+    (template / "conf.json").write_text(json.dumps({"base_template": "lab"}))
+    (template / "index.html.j2").write_text(_child_template(links))
+    # 3) the notebook: one cell, no source shown
+    nb = folder / "lipschitz-lab.ipynb"
+    nb.write_text(json.dumps({
+        "cells": [{"cell_type": "code", "execution_count": None, "id": "app", "metadata": {}, "outputs": [],
+                   "source": CELL}],
+        "metadata": {"kernelspec": {"name": "lipschitz-lab", "display_name": "lipschitz-lab", "language": "python"},
+                     "title": "lipschitz-lab"},
+        "nbformat": 4, "nbformat_minor": 5}))
+    return nb
+
+
+def _lab_template() -> str:
+    """The text of Voilà's installed lab/index.html.j2 (wherever Jupyter's data paths put it)."""
+    from jupyter_core.paths import jupyter_path
+    for root in jupyter_path("voila"):
+        path = Path(root) / "templates" / "lab" / "index.html.j2"
+        if path.is_file():
+            return path.read_text()
+    raise FileNotFoundError("Voila's lab template (voila/templates/lab/index.html.j2) is not installed: "
+                            "pip install 'lipschitz-lab[app]'")
+
+
+def _cdn_links(text: str) -> list[str]:
+    """The stylesheet links of a template that leave this machine."""
+    return re.findall(r"<link[^>]+href=\"https?://[^\"]+\"[^>]*>", text)
+
+
+def _child_template(links: list[str]) -> str:
+    drop = "".join(f" | replace({json.dumps(link)}, '')" for link in links)
+    scripts = "\n".join(f'<script src="{{{{ resources.base_url }}}}voila/templates/{TEMPLATE}/static/{name}.min.js">'
+                        "</script>" for name in BOKEHJS)
+    return ("{%- extends 'lab/index.html.j2' -%}\n"
+            "{%- block notebook_css -%}\n"
+            f"{{{{ super(){drop} }}}}\n{scripts}\n{ON_CLOSE}\n"
+            "<style>.lipschitz-app { padding: 0 16px; }</style>\n"
+            "{%- endblock notebook_css -%}\n")
