@@ -13,7 +13,7 @@ import math
 from typing import Any, Iterable
 
 from bokeh.layouts import gridplot
-from bokeh.models import ColumnDataSource, GlyphRenderer, LegendItem, Line
+from bokeh.models import ColumnDataSource, DataRange1d, GlyphRenderer, LegendItem, Line, LogScale, Range1d
 from bokeh.palettes import Category10_10, Viridis256
 
 from lipschitz_lab.ui.columns import (EPOCH_COLUMNS, STEP_COLUMNS, arrays, epoch_columns,
@@ -33,6 +33,8 @@ MAX_POINTS = 4000
 ORDER = ("loss", "acc", "lr", "K_z", "grad", "gap", "layers", "smooth")
 #: figures of a Lipschitz policy's fields only: a baseline run leaves them out (they would be empty boxes)
 BOUND_FIGURES = ("K_z", "grad", "gap", "layers")
+#: the figures that draw the epoch records and those that draw the step records
+EPOCH_FIGURES, STEP_FIGURES = ("loss", "acc"), ("lr", "K_z", "grad", "gap", "layers", "smooth")
 #: up to this many layers get a legend entry each; deeper models get entries for blocks of layers
 MAX_LAYER_ITEMS = 12
 
@@ -93,6 +95,9 @@ class RunFigures:
         sizing_mode = "stretch_width" if width is None else None
         size = {"height": height, "sizing_mode": sizing_mode} if width is None else {"width": width, "height": height}
         self.figures = self._build(size)
+        self._fitted: dict[str, bool] = {}
+        self.fit_ranges("epochs", False)
+        self.fit_ranges("steps", False)
         self.show_smoothness(False)
         self._grid = dict(ncols=ncols, sizing_mode=sizing_mode, toolbar_location="right", merge_tools=True)
         self.layout = gridplot([self.figures[k] for k in ORDER], **self._grid)
@@ -141,6 +146,27 @@ class RunFigures:
         with doc.models.freeze() if doc is not None else contextlib.nullcontext():
             p.renderers = renderers
             self._layers_legend.items = layer_legend(labels, renderers)
+            if isinstance(p.y_range, DataRange1d):
+                p.y_range.renderers = renderers
+
+    def fit_ranges(self, group: str, data: bool) -> None:
+        """Ranges fitted to the data (DataRange1d) for the visible figures of ``group``
+        ("epochs" or "steps") once they have rows; fixed ones while they are empty: BokehJS
+        warns in the console about a DataRange1d with nothing to fit ("could not set
+        initial ranges", "could not determine minimum data value for log axis")."""
+        if self._fitted.get(group) == data:
+            return
+        self._fitted[group] = data
+        keys = EPOCH_FIGURES if group == "epochs" else STEP_FIGURES
+        x = DataRange1d() if data else Range1d(0, 1)
+        for key in keys:
+            p = self.figures[key]
+            log = isinstance(p.y_scale, LogScale)
+            if data and p.visible:
+                y = DataRange1d(renderers=[r for r in p.renderers if r.y_range_name == "default"])
+            else:
+                y = Range1d(0.1, 10) if log else Range1d(0, 1)
+            p.update(x_range=x, y_range=y)
 
     # -- data -----------------------------------------------------------------------
     def reset(self) -> None:
@@ -153,6 +179,8 @@ class RunFigures:
         # the layer lines stay: the next run of the same model streams into them
         # (add_steps redraws them when the layers differ)
         self.layers.data = layer_columns([], self.layer_names)
+        self.fit_ranges("steps", False)
+        self.fit_ranges("epochs", False)
 
     def plan(self, total_steps: int | None) -> None:
         """Keep about ``max_points`` rows over ``total_steps`` steps: rows only at steps that
@@ -176,6 +204,8 @@ class RunFigures:
         self.show_bounds(has_lipschitz_fields(steps) or not steps)
         self.show_smoothness(has_smoothness_fields(steps))
         self._kind_checked = True
+        self.fit_ranges("steps", bool(steps))
+        self.fit_ranges("epochs", bool(self.epochs.data["epoch"]))
         self.layout = gridplot([self.figures[k] for k in ORDER if self.figures[k].visible], **self._grid)
 
     def _first_look(self, records: list[Record]) -> list[str] | None:
@@ -217,6 +247,7 @@ class RunFigures:
             self.set_layers(new_layers, kept)
         elif kept and self.layer_names:
             self.layers.stream(arrays(layer_columns(kept, self.layer_names)))
+        self.fit_ranges("steps", True)
         if kept:
             self.steps.stream(arrays(step_columns(kept)))
         marks = mark_columns(records)
@@ -228,4 +259,5 @@ class RunFigures:
         """Stream epoch records in (a few a minute: plain lists will do)."""
         cols = epoch_columns(records)
         if cols["epoch"]:
+            self.fit_ranges("epochs", True)
             self.epochs.stream(cols)

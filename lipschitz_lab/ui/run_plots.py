@@ -52,7 +52,8 @@ def draw_marks(p, marks: ColumnDataSource) -> None:
     Call it after the data lines: the y range is fitted to those lines only (a
     DataRange1d would otherwise take the stripes' 0 .. 1 for data).
     """
-    p.y_range.renderers = list(p.renderers)
+    if hasattr(p.y_range, "renderers"):
+        p.y_range.renderers = list(p.renderers)
     y = add_marks_range(p)
     p.segment(x0="step", x1="step", y0=0, y1=1, y_range_name=y, source=marks, color=MARK_COLOR,
               alpha=MARK_ALPHA, line_width=2, legend_field="why")

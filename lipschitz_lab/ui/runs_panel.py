@@ -13,13 +13,14 @@ from typing import Any
 
 import ipywidgets as widgets
 from bokeh.layouts import gridplot
-from bokeh.models import ColumnDataSource
+from bokeh.models import ColumnDataSource, DataRange1d, LogScale, Range1d
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 from jupyter_bokeh import BokehModel
 
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.ui._bridge import load_bokehjs
+from lipschitz_lab.ui.axes import integer_axis, legend_outside, readable_log_axis
 from lipschitz_lab.ui.figures import epoch_columns, number, step_columns
 from lipschitz_lab.ui.report import as_store
 
@@ -67,7 +68,7 @@ class RunsPanel(widgets.VBox):
         self.figures = {
             "acc": self._fig("Validation accuracy per epoch", "epochs done", "val_acc", self.acc),
             "lr": self._fig("Learning rate per step (log)", "step", "lr", self.lr, y_log=True),
-            "loss": self._fig("Training loss per step", "step", "loss", self.loss),
+            "loss": self._fig("Training loss per step (log)", "step", "loss", self.loss, y_log=True),
         }
         self.figures["acc"].scatter("x", "y", source=self.acc_points, color="color", size=6)
         load_bokehjs()
@@ -79,12 +80,26 @@ class RunsPanel(widgets.VBox):
 
     @staticmethod
     def _fig(title: str, x: str, y: str, source: ColumnDataSource, y_log: bool = False):
-        p = figure(title=title, width=430, height=260, x_axis_label=x, y_axis_label=y,
-                   y_axis_type="log" if y_log else "linear", tools="pan,box_zoom,wheel_zoom,reset,save")
+        p = figure(title=title, width=520, height=260, x_axis_label=x, y_axis_label=y,
+                   y_axis_type="log" if y_log else "linear", tools="pan,box_zoom,wheel_zoom,reset,save",
+                   x_range=Range1d(0, 1), y_range=Range1d(0.1, 10) if y_log else Range1d(0, 1))
         p.multi_line("xs", "ys", source=source, color="color", line_width=2, legend_field="label")
+        integer_axis(p.xaxis)
+        if y_log:
+            readable_log_axis(p.yaxis)
+        legend_outside(p)                  # click an entry to hide its run
         p.legend.label_text_font_size = "8pt"
-        p.legend.click_policy = "hide"
         return p
+
+    def _fit(self, data: bool) -> None:
+        """Ranges fitted to the runs drawn; fixed ones while none is (BokehJS warns about an
+        empty DataRange1d in the console)."""
+        for p in self.figures.values():
+            log = isinstance(p.y_scale, LogScale)
+            if data:
+                p.update(x_range=DataRange1d(), y_range=DataRange1d())
+            else:
+                p.update(x_range=Range1d(0, 1), y_range=Range1d(0.1, 10) if log else Range1d(0, 1))
 
     def refresh(self) -> None:
         """Read the store again: the table and the choices."""
@@ -120,6 +135,7 @@ class RunsPanel(widgets.VBox):
                 src["ys"].append(ys)
                 src["label"].append(label)
                 src["color"].append(color)
+        self._fit(bool(run_ids))
         self.acc.data, self.lr.data, self.loss.data = acc, lr, loss
         self.acc_points.data = {"x": [x for xs in acc["xs"] for x in xs], "y": [y for ys in acc["ys"] for y in ys],
                                 "color": [c for xs, c in zip(acc["xs"], acc["color"]) for _ in xs]}
