@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -28,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from lipschitz_lab.runs import RunStore
-from ui_helpers import jupyter_env
+from ui_helpers import serve_lab
 from test_app import App
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,61 +48,16 @@ LONG_EPOCHS = 1000     # ~41,000 steps: far longer than the test waits, on any m
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"jupyter lab exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"jupyter lab did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture
 def lab(tmp_path):
-    """JupyterLab on a free port, serving a copy of the notebooks; always torn down."""
+    """JupyterLab on a free port, serving a copy of the notebook; always torn down."""
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     shutil.copy(ROOT / "notebooks" / NOTEBOOK, notebooks)
     store = tmp_path / "store" / "runs.db"
-    port, token = _free_port(), secrets.token_hex(16)
-    log = tmp_path / "jupyter.log"
     # LIPSCHITZ_LAB_QUICK unset: the panel's defaults train for ~30 s or more, time to press Stop
-    env = jupyter_env(tmp_path, LIPSCHITZ_LAB_STORE=str(store))
-    # the defaults `make lab` installs into the venv (jupyter/overrides.json), read from
-    # a folder of this test's own so that the venv is left alone
-    app_settings = tmp_path / "app-settings"
-    app_settings.mkdir()
-    shutil.copy(ROOT / "jupyter" / "overrides.json", app_settings / "overrides.json")
-    cmd = [str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", "--ip=127.0.0.1",
-           f"--port={port}", f"--ServerApp.token={token}", "--allow-root", f"--notebook-dir={notebooks}",
-           "--ServerApp.port_retries=0", "--LabApp.expose_app_in_browser=True", f"--LabApp.app_settings_dir={app_settings}", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
-           "jupyterlab.NeverCheckForUpdate"]
-    with open(log, "w") as out:
-        server = subprocess.Popen(cmd, cwd=notebooks, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", server, log)
-        yield {"url": f"http://127.0.0.1:{port}", "token": token, "store": store, "log": log}
-    finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)   # the server shuts its kernels down
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(5)
+    with serve_lab(tmp_path, notebooks, LIPSCHITZ_LAB_STORE=str(store)) as server:
+        yield {**server, "store": store}
 
 
 def _default(lab, plugin: str, key: str):

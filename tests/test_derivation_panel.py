@@ -151,53 +151,16 @@ FIRST_RENDER = """() => [...Bokeh.index.all_views()].filter((v) => v.model.type 
 
 @pytest.fixture
 def lab(tmp_path):
-    """JupyterLab on a free port serving a copy of notebook 01; always torn down."""
-    import secrets
+    """JupyterLab serving a copy of notebook 01; yields the notebook's URL."""
     import shutil
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
     from pathlib import Path
 
-    from ui_helpers import jupyter_env
-    root = Path(__file__).resolve().parents[1]
+    from ui_helpers import serve_lab
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    shutil.copy(root / "notebooks" / "01_derivations.ipynb", notebooks)
-    settings = tmp_path / "app-settings"
-    settings.mkdir()
-    shutil.copy(root / "jupyter" / "overrides.json", settings)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    token = secrets.token_hex(16)
-    cmd = [str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           f"--ServerApp.token={token}", "--allow-root", f"--notebook-dir={notebooks}", "--ServerApp.port_retries=0",
-           "--LabApp.expose_app_in_browser=True", f"--LabApp.app_settings_dir={settings}", "--LabApp.news_url=",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    with open(tmp_path / "jupyter.log", "w") as log:
-        server = subprocess.Popen(cmd, cwd=notebooks, env=jupyter_env(tmp_path), stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "jupyter.log").read_text()[-2000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/lab/tree/01_derivations.ipynb?token={token}"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
+    shutil.copy(Path(__file__).resolve().parents[1] / "notebooks" / "01_derivations.ipynb", notebooks)
+    with serve_lab(tmp_path, notebooks) as server:
+        yield f"{server['url']}/lab/tree/01_derivations.ipynb?token={server['token']}"
 
 
 @pytest.mark.browser

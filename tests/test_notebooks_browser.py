@@ -4,17 +4,13 @@ console, no page error, every Bokeh figure that holds data draws it with a visib
 and the derivation plot has glyphs on first show.  Screenshots: test-artifacts/notebooks/."""
 from __future__ import annotations
 
-import secrets
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_http
-from ui_helpers import jupyter_env
+from test_browser import CHROMIUM, CHROMIUM_ARGS
+from ui_helpers import serve_lab
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "notebooks"
@@ -49,29 +45,9 @@ def lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lab")
     notebooks = tmp / "notebooks"
     shutil.copytree(ROOT / "notebooks", notebooks)
-    port, token = _free_port(), secrets.token_hex(16)
-    log = tmp / "jupyter.log"
-    env = jupyter_env(tmp, LIPSCHITZ_LAB_STORE=str(tmp / "store" / "runs.db"), LIPSCHITZ_LAB_QUICK="1")
-    settings = tmp / "app-settings"
-    settings.mkdir()
-    shutil.copy(ROOT / "jupyter" / "overrides.json", settings / "overrides.json")
-    cmd = [str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", "--ip=127.0.0.1",
-           f"--port={port}", f"--ServerApp.token={token}", "--allow-root", f"--notebook-dir={notebooks}",
-           "--ServerApp.port_retries=0", "--LabApp.expose_app_in_browser=True",
-           f"--LabApp.app_settings_dir={settings}", "--LabApp.news_url=",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    with open(log, "w") as out:
-        server = subprocess.Popen(cmd, cwd=notebooks, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", server, log)
-        yield {"url": f"http://127.0.0.1:{port}", "token": token}
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    with serve_lab(tmp, notebooks, LIPSCHITZ_LAB_STORE=str(tmp / "store" / "runs.db"),
+                   LIPSCHITZ_LAB_QUICK="1") as server:
+        yield server
 
 
 def _run_all(lab, name: str, shot: Path):

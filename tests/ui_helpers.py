@@ -1,6 +1,7 @@
 """Shared by the notebook and browser tests: a python3 kernelspec that is this venv's python."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -39,3 +40,50 @@ def jupyter_env(tmp: Path, **extra: str) -> dict[str, str]:
     })
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def serve_lab(tmp: Path, notebooks: Path, **env: str):
+    """JupyterLab on 127.0.0.1 and a free port serving ``notebooks``, with the settings ``make lab``
+    installs (jupyter/overrides.json) and ``window.jupyterapp`` exposed; yields
+    ``{"url", "token", "log"}`` and always shuts it down (the server stops its kernels)."""
+    import secrets
+    import signal
+    import shutil
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token, log = secrets.token_hex(16), tmp / "jupyter.log"
+    settings = tmp / "app-settings"
+    settings.mkdir(exist_ok=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "jupyter" / "overrides.json", settings / "overrides.json")
+    cmd = [str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", "--ip=127.0.0.1",
+           f"--port={port}", f"--ServerApp.token={token}", "--allow-root", f"--notebook-dir={notebooks}",
+           "--ServerApp.port_retries=0", "--LabApp.expose_app_in_browser=True",
+           f"--LabApp.app_settings_dir={settings}", "--LabApp.news_url=",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    with open(log, "w") as out:
+        server = subprocess.Popen(cmd, cwd=notebooks, env=jupyter_env(tmp, **env), stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"jupyter lab did not start:\n{log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield {"url": f"http://127.0.0.1:{port}", "token": token, "log": log}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
