@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lipschitz_lab import policies as policies_mod
-from lipschitz_lab.config import ConfigError
+from lipschitz_lab.config import ConfigError, TrainConfig
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.runs.leases import claim, leases
 from lipschitz_lab.policies.baselines import BASELINES, RANGE_ITERS, suggest_lr
@@ -582,3 +582,13 @@ def test_the_range_test_leaves_no_gradient_behind():
     assert len(history["lr"]) == 20
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_new_config_field_with_its_default_keeps_every_runs_key():
+    """Run keys hash the fields that differ from TrainConfig's defaults: adding a field (at a
+    default that keeps today's behaviour) must not make a study train its finished runs again."""
+    from lipschitz_lab.studies.spec import config_hash
+    cfg = TrainConfig(dataset="digits", epochs=2, bound="strict").to_dict()
+    assert config_hash(cfg) == config_hash({k: v for k, v in cfg.items() if k != "flush_every"})
+    assert config_hash(cfg) != config_hash({**cfg, "flush_every": 8})
+    assert config_hash(cfg) != config_hash({**cfg, "epochs": 3})

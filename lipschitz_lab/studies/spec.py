@@ -33,9 +33,18 @@ class RunPlan:
     key: str
 
 
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(TrainConfig)}
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    """12 hex digits of the SHA-256 of the config's canonical JSON."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    """12 hex digits of the SHA-256 of the canonical JSON of the fields that differ from
+    TrainConfig's defaults: a field added to TrainConfig later (with a default that keeps
+    today's behaviour) leaves every stored run's key as it was."""
+    defaults = _defaults()
+    changed = {k: v for k, v in config.items() if k not in defaults or v != defaults[k]}
+    text = json.dumps(changed, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
