@@ -33,7 +33,7 @@ import torch
 
 from _machine import cpu_model
 from lipschitz_lab.trainer import train
-from lipschitz_lab.ui.training_panel import TrainingPanel
+from lipschitz_lab.ui.panel_training import TrainingPanel
 
 
 async def _until_done(thread: threading.Thread) -> None:

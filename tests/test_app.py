@@ -37,10 +37,10 @@ pytestmark = pytest.mark.timeout(300)
 # -- the layout -------------------------------------------------------------------------------
 
 def test_the_app_lays_the_four_panels_out_and_a_finished_run_reaches_the_runs_tab(tmp_path):
-    from lipschitz_lab.ui.derivation_panel import DerivationPanel
-    from lipschitz_lab.ui.runs_panel import RunsPanel
-    from lipschitz_lab.ui.study_panel import StudyPanel
-    from lipschitz_lab.ui.training_panel import TrainingPanel
+    from lipschitz_lab.ui.panel_derivation import DerivationPanel
+    from lipschitz_lab.ui.panel_runs import RunsPanel
+    from lipschitz_lab.ui.panel_study import StudyPanel
+    from lipschitz_lab.ui.panel_training import TrainingPanel
     store = RunStore(tmp_path / "runs.db")
     lab = app(store, lazy=False, training=QUICK)
     assert lab.tabs.titles == TABS == ("Derivations", "Live training", "What-if study", "Runs")

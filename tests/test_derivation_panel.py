@@ -19,7 +19,7 @@ from bokeh.models import Range1d
 from bokeh_page import ARTIFACTS, BokehPage, chromium, hex_rgb, write_html, x_axis, y_axis
 from lipschitz_lab import bounds
 from lipschitz_lab.symbolic import LOSS_SPECS, derive
-from lipschitz_lab.ui.derivation_panel import CURVE_COLORS, derivation_panel
+from lipschitz_lab.ui.panel_derivation import CURVE_COLORS, derivation_panel
 from lipschitz_lab.ui.smoothness_plot import smoothness_available
 
 LOSSES = ["mse", "bce", "softmax_ce", "label_smoothed_ce"]

@@ -7,6 +7,7 @@ by evaluating the loss after the step."""
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -72,6 +73,7 @@ def test_the_hessians_top_eigenvalue_never_exceeds_beta(name, loss, k):
 @pytest.mark.parametrize("name,loss,k", CASES)
 def test_sigma_max_tracks_the_spectral_norm_and_frobenius_bounds_it(name, loss, k):
     X, y = dataset(name)
+    gaps = []
     for method in ("power", "frobenius"):
         model = mlp(X.shape[1], k)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -88,11 +90,11 @@ def test_sigma_max_tracks_the_spectral_norm_and_frobenius_bounds_it(name, loss, 
             sched.step()
             opt.zero_grad()
             got = sched.last_record["sigma_max"]
-            if method == "frobenius":
-                assert got >= sigma * (1 - 1e-6)
-            elif t >= 3:                                  # warm-started: a few steps to lock on
-                assert got == pytest.approx(sigma, rel=2e-3)
-                assert got <= sigma * (1 + 1e-5)          # a Rayleigh quotient: never above
+            assert got >= sigma * (1 - 1e-9)              # both are upper bounds, on every step
+            if method == "power":                         # ... and the power one is close
+                assert got <= sigma * 1.05
+                gaps.append(got / sigma - 1)
+    assert statistics.median(gaps) < 1e-2                 # 4 warm-started steps a batch
 
 
 @pytest.mark.parametrize("momentum,c", [(0.0, 1.0), (0.0, 2.0), (0.9, 1.0)])

@@ -383,7 +383,7 @@ def test_cli_tiny_study_from_toml(cli, tmp_path):
 
 
 def test_study_panel_headless(tmp_path):
-    from lipschitz_lab.ui.study_panel import StudyPanel
+    from lipschitz_lab.ui.panel_study import StudyPanel
     panel = StudyPanel(tmp_path / "s.db", name="panel", **BASE, epochs=1, max_steps=5)
     panel.select(["constant-0.1", "lipschitz-strict-epoch-sgd"])
     assert panel.selector.value == ("lipschitz-strict-epoch-sgd", "constant-0.1")
@@ -397,7 +397,7 @@ def test_study_panel_headless(tmp_path):
 
 
 def test_study_panel_reports_a_bad_seed_without_a_thread(tmp_path):
-    from lipschitz_lab.ui.study_panel import StudyPanel
+    from lipschitz_lab.ui.panel_study import StudyPanel
     panel = StudyPanel(tmp_path / "s.db", **BASE)
     panel.seeds.value = "zero"
     panel.launch()
@@ -406,7 +406,7 @@ def test_study_panel_reports_a_bad_seed_without_a_thread(tmp_path):
 
 
 def test_study_panel_stop_says_stopped_and_keeps_the_runs(tmp_path):
-    from lipschitz_lab.ui.study_panel import StudyPanel
+    from lipschitz_lab.ui.panel_study import StudyPanel
     panel = StudyPanel(tmp_path / "s.db", name="panel-stop", **BASE, epochs=400, poll=0.1)
     panel.select(["constant-0.1", "constant-0.3"])
     panel.launch()

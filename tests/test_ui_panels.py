@@ -103,7 +103,15 @@ def test_stop_ends_the_run_within_a_batch_and_keeps_its_records(store):
     assert run["status"] == "stopped"
     steps = store.records(panel.run_id, "step")
     assert 5 <= len(steps) < 500 * 21
-    assert columns(panel.figures.steps)["step"] == [r["step"] for r in steps]
+    # a 500-epoch run is thinned to about max_points rows from its start (the running
+    # status says the steps per epoch): the drawn rows are the stored steps at the stride
+    stride = panel.figures.stride
+    assert stride == math.ceil(500 * panel._per_epoch / panel.figures.max_points) > 1
+    stored = {r["step"]: r for r in steps}
+    drawn = columns(panel.figures.steps)
+    assert drawn["step"] == [s for s in stored if s % stride == 0]
+    for s, lr in zip(drawn["step"], drawn["lr"]):
+        assert lr == pytest.approx(stored[int(s)]["lr"])
 
 
 def test_a_loss_that_does_not_fit_the_data_set_shows_the_message_and_creates_no_run(store):
@@ -297,7 +305,7 @@ def test_file_data_sets_train_from_the_data_folder(store, dataset, files):
 # -- the study panel ---------------------------------------------------------------------------
 
 def test_a_study_from_the_panel_sets_its_epochs_and_steps_and_reads_well(store):
-    from lipschitz_lab.ui.study_panel import study_panel
+    from lipschitz_lab.ui.panel_study import study_panel
     panel = study_panel(store, name="panel-len", dataset="digits", model="mlp", batch_size=64, epochs=5)
     panel.select(["lipschitz-strict-epoch-sgd", "constant-0.1"])
     panel.epochs.value, panel.max_steps.value = "2", "7"
@@ -322,7 +330,7 @@ def test_a_study_from_the_panel_sets_its_epochs_and_steps_and_reads_well(store):
 
 def test_the_study_panel_asks_for_a_ray_address_and_checks_the_data(store, tmp_path):
     from lipschitz_lab.studies.backends import BACKENDS
-    from lipschitz_lab.ui.study_panel import study_panel
+    from lipschitz_lab.ui.panel_study import study_panel
     panel = study_panel(store, dataset="digits", epochs=1)
     assert tuple(panel.backend.options) == BACKENDS and panel.address.layout.display == "none"
     panel.backend.value = "ray"

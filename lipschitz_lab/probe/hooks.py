@@ -89,7 +89,7 @@ class Probe:
     """
 
     def __init__(self, model: nn.Module, layer: str | None = None, *, sync_distributed: bool = True,
-                 sigma: str | None = None, power_iters: int = 2, scale_check: ScaleCheck | None = None):
+                 sigma: str | None = None, power_iters: int = 4, scale_check: ScaleCheck | None = None):
         if sigma is not None and sigma not in SIGMA_METHODS:
             raise ValueError(f"sigma must be one of {', '.join(SIGMA_METHODS)} or None; got sigma={sigma!r}")
         self.model, self.sync_distributed, self.sigma = model, sync_distributed, sigma

@@ -70,7 +70,7 @@ def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
 class LayerwiseSmoothness:
     """Hooks on every Linear layer of a chain; :meth:`betas` gives β_ℓ / S₂ per layer (device)."""
 
-    def __init__(self, model: nn.Module, power_iters: int = 2):
+    def __init__(self, model: nn.Module, power_iters: int = 4):
         leaves = _chain(model)
         self.names = [n for n, m in leaves if isinstance(m, nn.Linear)]
         if not self.names:

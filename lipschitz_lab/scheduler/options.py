@@ -41,7 +41,7 @@ class SmoothOptions:
 
     c: float = 1.0                  # 1: the classic step; 2: the edge of stability
     sigma: str = "power"            # σ_max by power iteration ("frobenius": a cheaper upper bound)
-    power_iters: int = 2            # per step, warm-started from the previous step's vector
+    power_iters: int = 4            # per step, warm-started from the previous step's vector
     layerwise: bool = False         # a rate per Linear layer (scheduler/layerwise.py; one param group each)
 
     def __post_init__(self):

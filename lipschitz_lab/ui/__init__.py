@@ -15,15 +15,15 @@ from __future__ import annotations
 from lipschitz_lab._lazy import lazy_exports
 
 _LAZY = {
-    "training_panel": "lipschitz_lab.ui.training_panel",
-    "TrainingPanel": "lipschitz_lab.ui.training_panel",
-    "derivation_panel": "lipschitz_lab.ui.derivation_panel",
-    "DerivationPanel": "lipschitz_lab.ui.derivation_panel",
-    "runs_panel": "lipschitz_lab.ui.runs_panel",
-    "RunsPanel": "lipschitz_lab.ui.runs_panel",
+    "training_panel": "lipschitz_lab.ui.panel_training",
+    "TrainingPanel": "lipschitz_lab.ui.panel_training",
+    "derivation_panel": "lipschitz_lab.ui.panel_derivation",
+    "DerivationPanel": "lipschitz_lab.ui.panel_derivation",
+    "runs_panel": "lipschitz_lab.ui.panel_runs",
+    "RunsPanel": "lipschitz_lab.ui.panel_runs",
     "write_report": "lipschitz_lab.ui.report",
-    "study_panel": "lipschitz_lab.ui.study_panel",     # the what-if study panel
-    "StudyPanel": "lipschitz_lab.ui.study_panel",
+    "study_panel": "lipschitz_lab.ui.panel_study",     # the what-if study panel
+    "StudyPanel": "lipschitz_lab.ui.panel_study",
     "LabApp": "lipschitz_lab.ui.app",                   # the desktop app's page
 }
 

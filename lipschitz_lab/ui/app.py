@@ -4,8 +4,8 @@
 >>> app()                       # the last line of a cell (the app's one cell)  # doctest: +SKIP
 
 This module only lays the panels out; each panel is the one the notebooks show
-(:mod:`~lipschitz_lab.ui.derivation_panel`, :mod:`~lipschitz_lab.ui.training_panel`,
-:mod:`~lipschitz_lab.ui.study_panel`, :mod:`~lipschitz_lab.ui.runs_panel`), and the
+(:mod:`~lipschitz_lab.ui.panel_derivation`, :mod:`~lipschitz_lab.ui.panel_training`,
+:mod:`~lipschitz_lab.ui.panel_study`, :mod:`~lipschitz_lab.ui.panel_runs`), and the
 tabs wire them together: a run or a study that ends in the app refreshes the Runs tab.
 
 Why the panels arrive one by one: SymPy, torch and Bokeh take seconds to import, and
@@ -129,15 +129,15 @@ class LabApp(widgets.VBox):
 
     def _make(self, title: str) -> widgets.Widget:
         if title == "Derivations":
-            from lipschitz_lab.ui.derivation_panel import DerivationPanel
+            from lipschitz_lab.ui.panel_derivation import DerivationPanel
             return DerivationPanel()
         if title == "Live training":
-            from lipschitz_lab.ui.training_panel import TrainingPanel
+            from lipschitz_lab.ui.panel_training import TrainingPanel
             return TrainingPanel(self.store, **self.settings[title])
         if title == "What-if study":
-            from lipschitz_lab.ui.study_panel import StudyPanel
+            from lipschitz_lab.ui.panel_study import StudyPanel
             return StudyPanel(self.store, **self.settings[title])
-        from lipschitz_lab.ui.runs_panel import RunsPanel
+        from lipschitz_lab.ui.panel_runs import RunsPanel
         return RunsPanel(self.store)
 
     def _build(self, title: str) -> None:

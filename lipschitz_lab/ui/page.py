@@ -18,18 +18,28 @@ BOKEHJS = ("bokeh", "bokeh-gl", "bokeh-widgets", "bokeh-tables")
 CELL = "from lipschitz_lab.ui.app import app\n\napp()"
 
 #: closing the page shuts its kernel down (Voilà's own page leaves that to the culler): a
-#: beacon to Voilà's shutdown handler, authenticated by the page's token or XSRF cookie
+#: beacon to Voilà's shutdown handler, authenticated by the page's token or XSRF cookie,
+#: sent once, on beforeunload or pagehide (whichever comes first; fetch with keepalive when
+#: the beacon is refused)
 ON_CLOSE = """<script>
-window.addEventListener("pagehide", function () {
-  var el = document.getElementById("jupyter-config-data");
-  if (!el) return;
-  var cfg = JSON.parse(el.textContent), query = new URLSearchParams();
-  var token = new URLSearchParams(location.search).get("token");
-  var xsrf = document.cookie.match(/(?:^|; )_xsrf=([^;]*)/);
-  if (token) query.set("token", token);
-  if (xsrf) query.set("_xsrf", decodeURIComponent(xsrf[1]));
-  navigator.sendBeacon(cfg.baseUrl + "voila/api/shutdown/" + cfg.kernelId + "?" + query);
-});
+(function () {
+  var sent = false;
+  function shutdown() {
+    var el = document.getElementById("jupyter-config-data");
+    if (sent || !el) return;
+    var cfg = JSON.parse(el.textContent), query = new URLSearchParams();
+    if (!cfg.kernelId) return;
+    var token = new URLSearchParams(location.search).get("token");
+    var xsrf = document.cookie.match(/(?:^|; )_xsrf=([^;]*)/);
+    if (token) query.set("token", token);
+    if (xsrf) query.set("_xsrf", decodeURIComponent(xsrf[1]));
+    var url = cfg.baseUrl + "voila/api/shutdown/" + cfg.kernelId + "?" + query;
+    sent = navigator.sendBeacon(url);
+    if (!sent) { fetch(url, {method: "POST", keepalive: true}); sent = true; }
+  }
+  window.addEventListener("beforeunload", shutdown);   // the first a closing tab fires
+  window.addEventListener("pagehide", shutdown);       // and the one a navigation always fires
+})();
 </script>"""
 
 

@@ -1,6 +1,6 @@
 """The study panel: pick lr policies, Launch, watch the comparison curves fill in.
 
->>> from lipschitz_lab.ui.study_panel import study_panel
+>>> from lipschitz_lab.ui.panel_study import study_panel
 >>> study_panel(dataset="digits", epochs=3)            # the last line of a cell  # doctest: +SKIP
 
 Threads (docs/architecture.md, "Threads in the notebook"):
