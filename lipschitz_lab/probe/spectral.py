@@ -37,7 +37,7 @@ COLD_ITERS = 16
 
 
 class PowerIteration:
-    """An upper bound on :math:`\sigma_{\max}([A, 1])^2` for a stream of batches, warm-started."""
+    r"""An upper bound on :math:`\sigma_{\max}([A, 1])^2` for a stream of batches, warm-started."""
 
     def __init__(self, iters: int = 4):
         if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
@@ -47,7 +47,7 @@ class PowerIteration:
 
     @torch.no_grad()
     def sigma_sq(self, A: torch.Tensor) -> torch.Tensor:
-        """:math:`\ge \sigma_{\max}([A, 1])^2` as a float64 0-d tensor on A's device (no sync):
+        r""":math:`\ge \sigma_{\max}([A, 1])^2` as a float64 0-d tensor on A's device (no sync):
         the Collatz--Wielandt ratio of :math:`|B|^\top |B|` at the iteration's positive vector."""
         A = A.detach().reshape(-1, A.shape[-1]).double().abs()
         d = A.shape[1]
@@ -63,7 +63,7 @@ class PowerIteration:
 
 
 def _gram(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """:math:`B^\top B v` for :math:`B = [A, 1]`, without forming B."""
+    r""":math:`B^\top B v` for :math:`B = [A, 1]`, without forming B."""
     d = A.shape[1]
     u = A @ v[:d] + v[d]
     return torch.cat([A.T @ u, u.sum().reshape(1)])

@@ -1,0 +1,147 @@
+"""β against the measured curvature, for the race's "why": one run of a study policy,
+with the top Hessian eigenvalue of the batch loss measured at a few steps.
+
+At each measured step, on that step's batch and before its update:
+
+- ``lam_last``: λ_max of the loss's Hessian in the last layer's weights and bias (the
+  block that β bounds), by Hessian-vector-product power iteration with autograd;
+- ``lam_all``: λ_max of the Hessian in every parameter (what gradient descent's
+  step-size theory needs: lr <= 2/λ_all for stability; 2(1+μ)/λ_all with heavy-ball μ);
+  the largest eigenvalue, not the largest in magnitude (the loss is not convex: when
+  the dominant one is negative a shifted iteration finds the top);
+- ``beta``, ``lr``: the scheduler's β and the rate the step used (its record).
+
+So ``lam_last/beta`` says how tight the bound is on its own block, and ``lr*lam_all``
+says where the rate sits against the whole network's curvature (2 is the edge of
+stability; far below 2 means the step could have been larger).
+
+Run: .venv/bin/python benchmarks/bench_race_curvature.py [--policy lipschitz-smooth-step-momentum]
+     [--preset mnist-whatif] [--steps 0 20 60 100 140] [--iters 20] [--out runs/bench/curvature.json]
+Data as the study's (MNIST under default_data_root()).  Prints one line per measured step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="mnist-whatif")
+    ap.add_argument("--policy", default="lipschitz-smooth-step-momentum")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--steps", type=int, nargs="+", default=[0, 10, 40, 80, 120, 140])
+    ap.add_argument("--iters", type=int, default=20, help="HVP power-iteration steps per measurement")
+    ap.add_argument("--out", default="runs/bench/curvature.json")
+    return ap.parse_args(argv)
+
+
+def _power(hvp, params: list[torch.Tensor], iters: int, shift: float = 0.0) -> float:
+    """The eigenvalue of largest magnitude of H - shift·I by power iteration (its Rayleigh quotient)."""
+    v = [torch.randn_like(p) for p in params]
+    lam = 0.0
+    for _ in range(iters):
+        norm = torch.sqrt(sum((t * t).sum() for t in v))
+        v = [t / norm for t in v]
+        hv = [h - shift * t for h, t in zip(hvp(v), v)]
+        lam = float(sum((h * t).sum() for h, t in zip(hv, v)))
+        v = [h.detach() for h in hv]
+    return lam
+
+
+def top_eigenvalue(loss_of, params: list[torch.Tensor], iters: int) -> float:
+    """The largest (most positive) eigenvalue of ∂²loss/∂params² by power iteration on
+    Hessian-vector products: the dominant one first; when that is negative (a saddle's
+    direction), again on H - λ·I, whose dominant eigenvalue is then λ_top - λ."""
+    grads = torch.autograd.grad(loss_of(), params, create_graph=True)
+
+    def hvp(v):
+        return torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+    lam = _power(hvp, params, iters)
+    return lam if lam >= 0 else lam + _power(hvp, params, iters, shift=lam)
+
+
+@contextmanager
+def unobserved(model: torch.nn.Module):
+    """The model without its forward hooks (the probe must not see the measuring forwards)
+    and with its buffers (BatchNorm's running statistics) put back afterwards."""
+    hooks = [(m, m._forward_hooks, m._forward_pre_hooks) for m in model.modules()]
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    for m, _, _ in hooks:
+        m._forward_hooks, m._forward_pre_hooks = OrderedDict(), OrderedDict()
+    try:
+        yield
+    finally:
+        for m, post, pre in hooks:
+            m._forward_hooks, m._forward_pre_hooks = post, pre
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+
+
+def measure(model, criterion, x, y, last, iters: int) -> dict:
+    """λ_max of the batch loss's Hessian in the last layer and in every parameter."""
+    def loss_of():
+        return criterion(model(x).float(), y)
+    with unobserved(model):
+        return {"lam_last": top_eigenvalue(loss_of, [last.weight, last.bias], iters),
+                "lam_all": top_eigenvalue(loss_of, [p for p in model.parameters() if p.requires_grad], iters)}
+
+
+def main(argv=None) -> int:
+    from lipschitz_lab.studies.spec import select, study_preset
+    from lipschitz_lab.training.setup import build
+    args = parse(argv)
+    spec = study_preset(args.preset).replace(seeds=[args.seed], policies=select([args.policy]),
+                                             base_overrides={"epochs": args.epochs})
+    (plan,) = spec.runs()
+    s = build({**plan.config, "checkpoint": False})
+    model, policy = s.model, s.policy
+    last = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+    rows, step, t0 = [], 0, time.perf_counter()
+    torch.manual_seed(1234)
+    if policy.on_train:
+        policy.on_train()
+    for _epoch in range(args.epochs):
+        for x, y in s.train_loader:
+            x, y = x.to(s.device), y.to(s.device)
+            row = {"step": step, **measure(model, s.criterion, x, y, last, args.iters)} \
+                if step in args.steps else None
+            loss = s.crit(model(x).float(), y)
+            loss.backward()
+            lr_used = None if policy.lipschitz else policy.current_lr()
+            policy.optimizer.step()
+            if policy.scheduler is not None and (policy.lipschitz or policy.per_step):
+                policy.scheduler.step()
+            policy.optimizer.zero_grad(set_to_none=True)
+            if row is not None:
+                rec = policy.scheduler.last_record if policy.lipschitz else {"lr": lr_used}
+                row.update(beta=rec.get("beta"), lr=rec["lr"], loss=float(loss.detach()))
+                row["lam_last/beta"] = row["lam_last"] / row["beta"] if row.get("beta") else None
+                row["lr*lam_all"] = row["lr"] * row["lam_all"]
+                rows.append(row)
+                print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}),
+                      flush=True)
+            step += 1
+            if step > max(args.steps):
+                break
+        if step > max(args.steps):
+            break
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"policy": args.policy, "preset": args.preset, "seed": args.seed,
+                               "iters": args.iters, "seconds": time.perf_counter() - t0, "rows": rows}, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
