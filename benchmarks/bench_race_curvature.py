@@ -100,6 +100,31 @@ def measure(model, criterion, x, y, last, iters: int) -> dict:
                 "lam_all": top_eigenvalue(loss_of, [p for p in model.parameters() if p.requires_grad], iters)}
 
 
+def train_step(s, x, y) -> tuple[torch.Tensor, float | None]:
+    """The trainer's step (training/steps.py): returns the loss and, for a baseline, its lr."""
+    policy = s.policy
+    loss = s.crit(s.model(x).float(), y)
+    loss.backward()
+    lr_used = None if policy.lipschitz else policy.current_lr()
+    policy.optimizer.step()
+    if policy.scheduler is not None and (policy.lipschitz or policy.per_step):
+        policy.scheduler.step()
+    policy.optimizer.zero_grad(set_to_none=True)
+    return loss, lr_used
+
+
+def measured_step(s, x, y, last, step: int, iters: int) -> dict:
+    """λ_max before the step, then the step, then its β and lr."""
+    row = {"step": step, **measure(s.model, s.criterion, x, y, last, iters)}
+    loss, lr_used = train_step(s, x, y)
+    rec = s.policy.scheduler.last_record if s.policy.lipschitz else {"lr": lr_used}
+    row.update(beta=rec.get("beta"), lr=rec["lr"], loss=float(loss.detach()))
+    row["lam_last/beta"] = row["lam_last"] / row["beta"] if row.get("beta") else None
+    row["lr*lam_all"] = row["lr"] * row["lam_all"]
+    print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     from lipschitz_lab.studies.spec import select, study_preset
     from lipschitz_lab.training.setup import build
@@ -111,33 +136,27 @@ def main(argv=None) -> int:
     model, policy = s.model, s.policy
     last = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
     rows, step, t0 = [], 0, time.perf_counter()
-    if policy.on_train:
-        policy.on_train()
-    for _epoch in range(args.epochs):
+    for epoch in range(args.epochs):
+        s.train_loader.set_epoch(epoch)                   # the trainer's batches, epoch by epoch
+        if policy.on_train:
+            policy.on_train()
         for x, y in s.train_loader:
-            x, y = x.to(s.device), y.to(s.device)
-            row = {"step": step, **measure(model, s.criterion, x, y, last, args.iters)} \
-                if step in args.steps else None
-            loss = s.crit(model(x).float(), y)
-            loss.backward()
-            lr_used = None if policy.lipschitz else policy.current_lr()
-            policy.optimizer.step()
-            if policy.scheduler is not None and (policy.lipschitz or policy.per_step):
-                policy.scheduler.step()
-            policy.optimizer.zero_grad(set_to_none=True)
-            if row is not None:
-                rec = policy.scheduler.last_record if policy.lipschitz else {"lr": lr_used}
-                row.update(beta=rec.get("beta"), lr=rec["lr"], loss=float(loss.detach()))
-                row["lam_last/beta"] = row["lam_last"] / row["beta"] if row.get("beta") else None
-                row["lr*lam_all"] = row["lr"] * row["lam_all"]
-                rows.append(row)
-                print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}),
-                      flush=True)
+            if step in args.steps:
+                rows.append(measured_step(s, x.to(s.device), y.to(s.device), last, step, args.iters))
+            else:
+                train_step(s, x.to(s.device), y.to(s.device))
             step += 1
             if step > max(args.steps):
                 break
         if step > max(args.steps):
             break
+        s.log.flush(wait=True)                            # the trainer's epoch end, less evaluation
+        if policy.lipschitz:
+            policy.scheduler.epoch_end()
+        elif policy.scheduler is not None and not policy.per_step:
+            policy.scheduler.step()
+        if policy.on_eval:
+            policy.on_eval()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"policy": args.policy, "preset": args.preset, "seed": args.seed,

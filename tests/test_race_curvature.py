@@ -71,3 +71,24 @@ def test_measuring_leaves_the_run_as_it_was(curvature, tmp_path):
         rows.append(json.loads(out.read_text())["rows"][-1])
     assert rows[0]["step"] == rows[1]["step"] == 5
     assert rows[0]["beta"] == rows[1]["beta"] and rows[0]["lr"] == rows[1]["lr"]
+
+
+@pytest.mark.parametrize("policy", ["lipschitz-strict-epoch-sgd", "schedulefree-sgd"])
+def test_the_measured_run_is_the_trainers_run(curvature, tmp_path, policy):
+    """Across an epoch boundary (the per-epoch rate's renewal, Schedule-Free's train/eval), the
+    script's rate at a measured step is the one the trainer's own run records at that step."""
+    from lipschitz_lab.studies.spec import select, study_preset
+    from lipschitz_lab.trainer import train
+    spec = study_preset("digits-quick").replace(seeds=[0], policies=select([policy]), base_overrides={"epochs": 2})
+    (plan,) = spec.runs()
+    records = []
+    train({**plan.config, "checkpoint": False}, subscribers=[records.append], progress=False)
+    steps = [r for r in records if r.get("kind") == "step"]
+    per_epoch = 1 + max(r["step"] for r in steps if r["epoch"] == 0)
+    at = [1, per_epoch + 2]
+    out = tmp_path / "c.json"
+    curvature.main(["--preset", "digits-quick", "--policy", policy, "--epochs", "2",
+                    "--steps", *map(str, at), "--iters", "5", "--out", str(out)])
+    got = {r["step"]: r["lr"] for r in json.loads(out.read_text())["rows"]}
+    want = {r["step"]: r["lr"] for r in steps if r["step"] in at}
+    assert sorted(got) == at and got == pytest.approx(want, rel=1e-12)
