@@ -54,6 +54,7 @@ class PowerIteration:
         v, iters = self.v, self.iters
         if v is None or v.shape[0] != d + 1 or v.device != A.device:
             v, iters = torch.full((d + 1,), (d + 1) ** -0.5, dtype=A.dtype, device=A.device), COLD_ITERS
+        v = v.to(A.dtype)                        # a vector restored from an older checkpoint: float32
         tiny = torch.finfo(A.dtype).tiny
         for _ in range(iters):
             w = _gram(A, v)

@@ -232,7 +232,7 @@ def load_state_dict(s, state: dict[str, Any]) -> None:
     s._ema.load_state_dict(state["ema"])
     device = next((p.device for g in s.optimizer.param_groups for p in g["params"]), torch.device("cpu"))
     if state.get("power_v") is not None and s.probe._power is not None:
-        s.probe._power.v = torch.tensor(state["power_v"], dtype=torch.float32, device=device)
+        s.probe._power.v = torch.tensor(state["power_v"], dtype=torch.float64, device=device)
     if s.probe._epoch is not None:
         s.probe._epoch = s.probe._epoch.to(device)
     s._rate = None if state["rate"] is None else torch.tensor(state["rate"], dtype=torch.float64, device=device)
