@@ -67,9 +67,10 @@ def voila_command(notebook: Path, port: int, token: str, cull_after: int) -> lis
             f"--MappingKernelManager.cull_interval={max(1, min(60, cull_after // 2))}"]
 
 
-def _environment(folder: Path, args) -> dict[str, str]:
+def _environment(folder: Path, args, token: str) -> dict[str, str]:
     from lipschitz_lab.runs import STORE_ENV, store_path
     from lipschitz_lab.ui._bridge import BOKEHJS_IN_PAGE
+    from lipschitz_lab.ui.watchdog import APP_TOKEN_ENV
     env = dict(os.environ)
     package_parent = str(Path(__file__).resolve().parents[2])     # a source checkout works uninstalled
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
@@ -81,6 +82,7 @@ def _environment(folder: Path, args) -> dict[str, str]:
         from lipschitz_lab.data import DATA_ROOT_ENV
         env[DATA_ROOT_ENV] = str(Path(args.data_root).expanduser().resolve())
     env[BOKEHJS_IN_PAGE] = "1"
+    env[APP_TOKEN_ENV] = token                   # the kernel watches its page (ui/watchdog.py)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -147,7 +149,7 @@ def run(args) -> int:
         folder = Path(tmp)
         notebook = write_page(folder)
         server = subprocess.Popen(voila_command(notebook, port, token, args.cull_after), cwd=folder,
-                                  env=_environment(folder, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  env=_environment(folder, args, token), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, start_new_session=True)    # Ctrl-C reaches this process only
         threading.Thread(target=_forward, args=(server.stdout, sys.stderr), daemon=True).start()
         try:

@@ -111,6 +111,9 @@ class LabApp(widgets.VBox):
         else:
             for title in self._order:
                 self._build(title)
+        # in `lipschitz-lab app`: a page gone (closed, crashed) stops its runs and ends this kernel
+        from lipschitz_lab.ui.watchdog import watch_page
+        self.watch = watch_page(self.stop_runs) if in_kernel() else None
 
     # -- building the panels ----------------------------------------------------------
     def _start_loading(self) -> None:
@@ -169,6 +172,13 @@ class LabApp(widgets.VBox):
             self.refresh_runs()
         elif title == "Live training" and hasattr(self.panels.get(title), "refresh_choices"):
             self.panels[title].refresh_choices()       # a loss registered since shows up
+
+    def stop_runs(self) -> None:
+        """Stop the training run and the study in flight, if any (each keeps its records)."""
+        for title in ("Live training", "What-if study"):
+            panel = self.panels.get(title)
+            if hasattr(panel, "stop"):
+                panel.stop()
 
     # -- for tests and scripts -------------------------------------------------------
     def ready(self) -> bool:
