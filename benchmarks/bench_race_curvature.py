@@ -128,6 +128,7 @@ def measured_step(s, x, y, last, step: int, iters: int) -> dict:
 def main(argv=None) -> int:
     from lipschitz_lab.studies.spec import select, study_preset
     from lipschitz_lab.training.setup import build
+    from lipschitz_lab.training.steps import close_schedule_epoch
     args = parse(argv)
     spec = study_preset(args.preset).replace(seeds=[args.seed], policies=select([args.policy]),
                                              base_overrides={"epochs": args.epochs})
@@ -150,13 +151,7 @@ def main(argv=None) -> int:
                 break
         if step > max(args.steps):
             break
-        s.log.flush(wait=True)                            # the trainer's epoch end, less evaluation
-        if policy.lipschitz:
-            policy.scheduler.epoch_end()
-        elif policy.scheduler is not None and not policy.per_step:
-            policy.scheduler.step()
-        if policy.on_eval:
-            policy.on_eval()
+        close_schedule_epoch(s)                          # the trainer's epoch end, less evaluation
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"policy": args.policy, "preset": args.preset, "seed": args.seed,

@@ -19,7 +19,7 @@ from lipschitz_lab.records import Record, epoch_record, step_record
 from lipschitz_lab.training.session import Session
 from lipschitz_lab.training.setup import Setup
 
-__all__ = ["Stopped", "EpochSums", "train_step", "evaluate", "end_epoch"]
+__all__ = ["Stopped", "EpochSums", "train_step", "evaluate", "close_schedule_epoch", "end_epoch"]
 
 
 class Stopped(Exception):
@@ -115,16 +115,23 @@ def evaluate(model, loader, criterion, task: str, device) -> tuple[float | None,
     return loss_v / total, (correct_v / total if task != "regression" else None)
 
 
-def end_epoch(setup: Setup, session: Session, epoch: int, sums: EpochSums) -> Record:
-    """Deliver the epoch's step records, close the scheduler's epoch, evaluate, emit the epoch record."""
-    policy, task = setup.policy, setup.splits.task
-    setup.log.flush(wait=True)                  # raises DivergenceError at the first bad step
+def close_schedule_epoch(setup: Setup) -> None:
+    """Deliver the epoch's step records (raises DivergenceError at the first bad step), end
+    the scheduler's epoch and put the policy in evaluation mode (Schedule-Free's average)."""
+    policy = setup.policy
+    setup.log.flush(wait=True)
     if policy.lipschitz:
         policy.scheduler.epoch_end()
     elif policy.scheduler is not None and not policy.per_step:
         policy.scheduler.step()
     if policy.on_eval:
         policy.on_eval()
+
+
+def end_epoch(setup: Setup, session: Session, epoch: int, sums: EpochSums) -> Record:
+    """Deliver the epoch's step records, close the scheduler's epoch, evaluate, emit the epoch record."""
+    policy, task = setup.policy, setup.splits.task
+    close_schedule_epoch(setup)
     val = evaluate(setup.model, setup.eval_loaders["val"], setup.criterion, task, setup.device)
     test = evaluate(setup.model, setup.eval_loaders["test"], setup.criterion, task, setup.device)
     n = max(sums.n, 1)
