@@ -25,7 +25,7 @@ $(APP): pyproject.toml | $(BIN)/python
 # digits data (no download); it prints the URL to open.  Ctrl-C stops it.
 # APP_ARGS="--no-browser --port=8866" passes options to `lipschitz-lab app`.
 run: $(APP)
-	$(BIN)/lipschitz-lab app $${APP_ARGS}
+	exec $(BIN)/lipschitz-lab app $${APP_ARGS}
 
 # the headless walk-through: derivations, a short study on digits, HTML reports
 demo: $(APP)
@@ -41,8 +41,10 @@ $(LAB_OVERRIDES): jupyter/overrides.json | $(STAMP)
 	mkdir -p $(dir $@)
 	cp $< $@
 
-# JupyterLab on notebooks/, on 127.0.0.1 only, behind a token.  JupyterLab makes the token and
-# prints the URL that carries it, http://127.0.0.1:PORT/lab?token=...: open that URL.
+# JupyterLab on notebooks/, on 127.0.0.1 only, behind a token; notebooks are saved without their
+# outputs (jupyter/jupyter_server_config.py), so Run All and autosave leave `git status` clean.
+# JupyterLab makes the token and prints the URL that carries it, http://127.0.0.1:PORT/lab?token=...:
+# open that URL.
 # LAB_TOKEN=... (or JupyterLab's own JUPYTER_TOKEN) chooses the token, and the first URL printed
 # carries it too; LAB_ARGS="--port=9999" passes more JupyterLab options; as root it adds
 # --allow-root itself.
@@ -52,7 +54,8 @@ lab: $(STAMP) $(LAB_OVERRIDES)
 	if [ -n "$$token" ]; then \
 		set -- "--IdentityProvider.token=$$token" "--ServerApp.custom_display_url=?token=$$token"; fi; \
 	if [ "$$(id -u)" = 0 ]; then set -- "$$@" --allow-root; fi; \
-	exec $(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=notebooks "$$@" $${LAB_ARGS}
+	exec $(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=notebooks \
+		--config=$(CURDIR)/jupyter/jupyter_server_config.py "$$@" $${LAB_ARGS}
 
 derive: $(STAMP)
 	$(BIN)/lipschitz-lab derive --write derivations/

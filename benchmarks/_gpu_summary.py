@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import statistics
 
+import _gpu_recipes as recipes
+
 
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:+.1f}%"
@@ -93,6 +95,7 @@ def render(results: dict, *, smoke: bool) -> str:
     out = ["# GPU checks: summary", "", *machine(results.get("env", {}), smoke), ""]
     sections = (("No host sync per step", "sync", lambda r: sync(r)),
                 ("Probe + LipschitzLR cost per step against plain fused SGD", "overhead", overhead),
+                ("The recipes: optimizers, fp16 with a GradScaler, bf16", "recipes", recipes.render),
                 ("ResNet-20 epoch of 50,000 images", "epoch", lambda r: epochs(r, results.get("compile"))),
                 ("The paper's MNIST run", "mnist", mnist))
     for title, key, fn in sections:

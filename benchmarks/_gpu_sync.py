@@ -32,7 +32,7 @@ from lipschitz_lab.steplog import StepLog
 from lipschitz_lab.trainer import train
 
 if TYPE_CHECKING:
-    from gpu_checks import Ctx
+    from _gpu_ctx import Ctx
 
 SYNCING = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy")
 PACKAGE = str(Path(__file__).resolve().parents[1] / "lipschitz_lab")

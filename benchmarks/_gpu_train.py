@@ -23,7 +23,7 @@ from lipschitz_lab.data import default_data_root
 from lipschitz_lab.trainer import train
 
 if TYPE_CHECKING:
-    from gpu_checks import Ctx
+    from _gpu_ctx import Ctx
 
 
 def deadline(seconds: float) -> tuple[threading.Event, callable]:

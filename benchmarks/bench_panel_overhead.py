@@ -3,7 +3,7 @@
 "With": exactly the notebook's arrangement.  An asyncio loop runs in the main
 thread (as the kernel's does); ``TrainingPanel.start`` is called on it, so the
 training thread feeds the panel's Bridge and the loop applies batches to the
-Bokeh sources and widgets every 0.2 s.  The BokehModel has no
+Bokeh sources and widgets every 0.5 s.  The BokehModel has no
 front end here, but it still serialises every patch it would send.
 "Without": the same ``train()`` call in a thread of its own, no subscriber, the
 loop idle meanwhile.
@@ -145,7 +145,7 @@ def report(args, argv, results: dict[str, list[dict]], started: float) -> list[s
         "",
         "The same digits/mlp run with the live panel attached (one panel, Start pressed once per repeat; its "
         "Bridge subscriber, and the apply "
-        "function on the main thread's asyncio loop, batches every 0.2 s, as in the notebook; the "
+        "function on the main thread's asyncio loop, batches every 0.5 s, as in the notebook; the "
         "BokehModel serialises every patch but has no browser) and without it (the same `train()` in a "
         "thread). Runs alternate; medians of the repeats. Target: overhead <= 5%.",
         "",

@@ -108,8 +108,8 @@ class Loop:
                     self._hooks_cpu += time.process_time() - c
             return hook
         probe, sched = self.sched.probe, self.sched
-        for table, handle in ((probe.layer._forward_hooks, probe._handle),
-                              (self.opt._optimizer_step_pre_hooks, sched._pre_hook)):
+        for table, handle in ((probe.layer._forward_hooks, probe.handle),
+                              (self.opt._optimizer_step_pre_hooks, sched.pre_hook)):
             table[handle.id] = timed(table[handle.id])
 
     def _keep(self, record: dict) -> None:

@@ -5,8 +5,10 @@ Run: .venv/bin/python benchmarks/bench_study_backends.py [--workers 2] [--rounds
 One invocation, one machine: each backend trains the same study into a fresh store of its own
 (a temp folder), one after the other in this process; ``--rounds N`` alternates the order
 (local then ray, ray then local, ...) so that a change in the machine's load hits both, and the
-table gives every round and the medians.  ``local``: ``--workers`` spawned
-processes, one torch thread each (with ``--inline``, also this process alone); ``ray``: a local
+table gives every round and the medians.  ``local``: ``--workers`` worker processes,
+one torch thread each, forked from a fork server that imported torch and the lab once (until
+issue 22 each was spawned and imported them itself; the section in RESULTS.md was measured so)
+(with ``--inline``, also this process alone); ``ray``: a local
 cluster of ``--workers`` CPUs started by ``run_study`` itself, one CPU and one torch thread a
 run.  Ray's start-up is the time ``run_study`` spends starting the cluster until its hub actor
 answers (``StudyResult.startup_s``); the first task on each Ray worker also starts a Python

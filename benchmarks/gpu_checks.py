@@ -20,6 +20,8 @@ Steps, in order:
             steps and batches; then a census of every sync of a short trainer run
   overhead  ms per step of plain fused SGD against the same loop with probe + LipschitzLR
             (per epoch, per step, smooth bound): MNIST CNN batch 256, ResNet-20 batch 128
+  recipes   the MNIST CNN with plain (for-loop) SGD, Adam without fused, fp16 + GradScaler and bf16:
+            the cost of LipschitzLR and a sync census per step (per-step and per-epoch rates)
   epoch     the trainer: ResNet-20 epochs over 50,000 CIFAR-sized images (the CIFAR-10 subset's
             10,000 train images tiled), data on the device, bf16 autocast, channels_last
   mnist     the paper's MNIST run (preset mnist-paper): paper bound as published, then the strict
@@ -41,7 +43,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -53,8 +55,10 @@ sys.path[:0] = [str(HERE), str(ROOT)]      # the lent machine runs it from a bar
 import _gpu_data as data  # noqa: E402
 import _gpu_summary as summary  # noqa: E402
 from _gpu_loops import MODELS, overhead  # noqa: E402
+from _gpu_recipes import step_recipes  # noqa: E402
 from _gpu_sync import step_sync  # noqa: E402
 from _gpu_train import step_compile, step_epoch, step_mnist  # noqa: E402
+from _gpu_ctx import GPU, SMOKE, Ctx  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 from lipschitz_lab.data import DATA_ROOT_ENV, default_data_root  # noqa: E402
 from lipschitz_lab.data.roots import DEVELOPER_DATA_ROOT  # noqa: E402
@@ -62,50 +66,6 @@ from lipschitz_lab.runs import RunStore  # noqa: E402
 
 TEST_FILES = ("tests/test_probe.py", "tests/test_scheduler.py", "tests/test_checkpoint.py",
               "tests/test_device_data.py", "tests/test_no_sync.py")
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """How big each step is: :data:`GPU` (the checks) or :data:`SMOKE` (tiny, CPU: tests the script)."""
-
-    batch: dict                 # model -> batch size (the paper's on the GPU)
-    overhead_steps: int         # steps per timed window
-    overhead_rounds: int        # windows per mode, taking turns
-    overhead_warm: int          # untimed steps first
-    pool: int                   # distinct batches a timing loop cycles through
-    sync_models: tuple          # models of the hand-written sync windows
-    sync_steps: int             # steps per sync window (the trainer's: per epoch)
-    epoch_images: int           # the ResNet-20 epoch: 50,000, CIFAR-10's training set size
-    epoch_batch: int
-    epoch_epochs: int           # the first one compiles and tunes; the rest are the figure
-    mnist_epochs: int
-    compile_backend: str | None  # None: inductor; "eager": dynamo traces only (no C++ compiler on a CPU box)
-
-
-GPU = Sizes(batch={model: batch for model, (_, _, batch) in MODELS.items()}, overhead_steps=64, overhead_rounds=7,
-            overhead_warm=16, pool=16, sync_models=("mnist_cnn", "resnet20"), sync_steps=24, epoch_images=50_000,
-            epoch_batch=128, epoch_epochs=3, mnist_epochs=20, compile_backend=None)
-SMOKE = Sizes(batch={"mnist_cnn": 8, "resnet20": 2}, overhead_steps=2, overhead_rounds=2, overhead_warm=1,
-              pool=2, sync_models=("mnist_cnn",), sync_steps=3, epoch_images=8, epoch_batch=4, epoch_epochs=2,
-              mnist_epochs=1, compile_backend="eager")
-
-
-@dataclass
-class Ctx:
-    out: Path
-    smoke: bool
-    sizes: Sizes
-    device: torch.device
-    store: RunStore
-    results: dict = field(default_factory=dict)
-    t0: float = field(default_factory=time.perf_counter)
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
 
 
 def commit() -> str | None:
@@ -178,7 +138,8 @@ def step_nccl(ctx: Ctx) -> dict:
     return out
 
 
-STEPS = (("env", step_env), ("sync", step_sync), ("overhead", step_overhead), ("epoch", step_epoch),
+STEPS = (("env", step_env), ("sync", step_sync), ("overhead", step_overhead), ("recipes", step_recipes),
+         ("epoch", step_epoch),
          ("mnist", step_mnist), ("pytest", step_pytest), ("nccl", step_nccl), ("compile", step_compile))
 
 

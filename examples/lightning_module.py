@@ -87,7 +87,7 @@ class DigitsMLP(pl.LightningModule):
         self.lr_schedulers().epoch_end()       # Lightning steps an interval="step" scheduler per batch only
 
     def on_train_end(self):
-        self.lr_schedulers().flush()           # records reach subscribers a few steps late: deliver the rest
+        self.lr_schedulers().close()           # deliver the last records (a few steps late), remove the hooks
 
 
 def digits_loader(batch_size: int = 64, seed: int = 0) -> DataLoader:

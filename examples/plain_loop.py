@@ -13,7 +13,7 @@ y = torch.tensor(y)
 model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 sched = LipschitzLR(opt, model, "softmax_ce", num_classes=10, bound="strict", recompute="step")
-criterion = sched.wrap_loss(nn.functional.cross_entropy)   # mse needs it for ||y||; harmless here
+criterion = sched.wrap_loss(nn.functional.cross_entropy)   # the targets: m, the exact loss check
 
 for epoch in range(5):
     total = 0.0

@@ -158,32 +158,62 @@ def smoothness_bound(loss: str, *, m, k=None, eps=None):
     return _ops.on_device_of(fn(**{a: given[a] for a in args}), m, k, eps)
 
 
-def learning_rate(L, *, min_lr: float | None = None, max_lr: float | None = None):
+#: what a rate's clamp code means (0: the rate is 1/L as it is); codes 5-7 are errors
+CLAMPS = (None, "min_lr", "max_lr", "K_z=0", "L<0", "error: L = 0 and max_lr=None",
+          "error: L < 0 and max_lr=None", "error: L is not finite")
+
+
+def _clamp(L, K_z, min_lr: float | None, max_lr: float | None):
+    """``(lr, code)`` as float64 0-d tensors on L's device: the one clamping rule (no sync)."""
+    import torch
+    L = L.to(torch.float64)
+    lr = 1.0 / L
+    code = torch.zeros_like(lr)
+    if max_lr is not None:
+        hi = lr > max_lr
+        lr, code = torch.where(hi, max_lr, lr), torch.where(hi, 2.0, code)
+    if min_lr is not None:
+        lo = lr < min_lr
+        lr, code = torch.where(lo, min_lr, lr), torch.where(lo, 1.0, code)
+    zero, neg = L == 0, L < 0
+    if max_lr is None:
+        lr = torch.where(zero | neg, torch.nan, lr)
+        code = torch.where(zero, 5.0, torch.where(neg, 6.0, code))
+    else:
+        lr = torch.where(zero | neg, max_lr, lr)
+        code = torch.where(zero, 3.0, torch.where(neg, 4.0, code))
+    if K_z is not None:        # K_z = 0 at the max_lr clamp: say why
+        code = torch.where((K_z == 0) & (code == 2.0), 3.0, code)
+    return lr, torch.where(torch.isfinite(L), code, 7.0)
+
+
+def learning_rate(L, *, min_lr: float | None = None, max_lr: float | None = None, K_z=None):
     """``(lr, clamped)`` with lr = 1/L, clamped to ``[min_lr, max_lr]``.
 
     ``clamped`` is None, ``"min_lr"``, ``"max_lr"``, ``"K_z=0"`` (L = 0: the
     rule would give an infinite rate; ``max_lr`` is used instead and said so) or
     ``"L<0"`` (the paper's mse bound when y_norm > K_a: no rate follows; ``max_lr``).
+    Without a ``max_lr`` to fall back on, L <= 0 raises, as does a NaN or infinite L.
+
+    For a tensor L (on any device): ``(lr, code)`` as float64 0-d tensors, ``CLAMPS[code]``
+    the case, errors as codes 5-7; nothing waits for the device.  ``K_z`` (optional) names
+    K_z = 0 as the reason for a ``max_lr`` clamp.
     """
+    if hasattr(L, "dtype"):
+        return _clamp(L, K_z, min_lr, max_lr)
+    import torch
     L = float(L)
     if math.isnan(L) or math.isinf(L):
         raise ValueError(f"L must be finite; got L={L!r}")
-    if L < 0:
-        # the paper's mse bound (K_a - y_norm)K_z/m is negative when y_norm > K_a: no rate follows
-        if max_lr is None:
-            raise ValueError(f"L must be >= 0; got L={L!r} (the paper's mse bound is negative when "
-                             "y_norm > K_a); set max_lr to clamp")
-        return float(max_lr), "L<0"
-    if L == 0:
-        if max_lr is None:
-            raise ValueError("K_z = 0 gives L = 0 and an infinite learning rate; set max_lr")
-        return float(max_lr), "K_z=0"
-    lr = 1.0 / L
-    if max_lr is not None and lr > max_lr:
-        return float(max_lr), "max_lr"
-    if min_lr is not None and lr < min_lr:
-        return float(min_lr), "min_lr"
-    return lr, None
+    lr, code = _clamp(torch.tensor(L, dtype=torch.float64), None if K_z is None else torch.tensor(float(K_z)),
+                      min_lr, max_lr)
+    clamped = CLAMPS[int(code)]
+    if clamped == "error: L = 0 and max_lr=None":
+        raise ValueError("K_z = 0 gives L = 0 and an infinite learning rate; set max_lr")
+    if clamped == "error: L < 0 and max_lr=None":
+        raise ValueError(f"L must be >= 0; got L={L!r} (the paper's mse bound is negative when "
+                         "y_norm > K_a); set max_lr to clamp")
+    return float(lr), clamped
 
 
 def derivative(loss: str):

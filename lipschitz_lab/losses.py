@@ -228,11 +228,15 @@ def generated_criterion(name: str, *, eps: float = DEFAULT_EPS):
     def criterion(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         m = output.shape[0]
         if info["batch"] == "softmax":
-            t = F.one_hot(target, output.shape[1]).to(output.dtype)
-            given = {"z": output, "t": t, "m": m, "k": output.shape[1], "eps": eps,
+            # a negative target (torch's ignore_index -100, a -1 pad) is not a term of the mean
+            keep = (target >= 0).to(output.dtype)
+            t = F.one_hot(target.clamp(min=0), output.shape[1]).to(output.dtype)
+            given = {"z": output, "t": t, "m": keep.sum(), "k": output.shape[1], "eps": eps,
                      "lse": torch.logsumexp(output, dim=1)}
-            return (_sum(_call(name, "E_unit", given), output)
-                    + _sum(_call(name, "E_norm", given), given["lse"]))
+            like = {"dtype": output.dtype, "device": output.device}
+            unit = torch.broadcast_to(torch.as_tensor(_call(name, "E_unit", given), **like), output.shape)
+            norm = torch.broadcast_to(torch.as_tensor(_call(name, "E_norm", given), **like), given["lse"].shape)
+            return (unit * keep[:, None]).sum() + (norm * keep).sum()
         z = output.reshape(target.shape)
         given = {"z": z, "y": _targets(info, target, output.dtype), "m": m, "eps": eps}
         return _sum(_call(name, "E", given), z)
@@ -263,14 +267,18 @@ def grad_logits(name: str, output: torch.Tensor, target: torch.Tensor, *, m=None
     :func:`make_criterion`).  Softmax losses read unit p of row i as z = logit,
     r = log-sum-exp of the row's other logits, t = [target_i = p]; elementwise
     losses read z = the single output, y = the target (binary 0/1 mapped to the
-    spec's label values).
+    spec's label values).  A softmax loss also takes probability targets of the output's
+    shape (mixup, cutmix, distillation): t is then the target distribution itself, which the
+    unit's dE/dz = σ(z − r) − t covers for any t in [0, 1] with Σt = 1 (derived in
+    :mod:`lipschitz_lab.symbolic.soft_targets`).
     """
     info = _info(name)
     given = {"eps": DEFAULT_EPS, **params, "m": output.shape[0] if m is None else m}
     if info["batch"] == "softmax":
         k = output.shape[1]
+        soft = target.is_floating_point() and target.shape == output.shape   # probabilities (mixup)
         given.update(z=output, r=_logsumexp_others(output), k=k,
-                     t=F.one_hot(target, k).to(output.dtype))
+                     t=target.to(output.dtype) if soft else F.one_hot(target, k).to(output.dtype))
         shape = output.shape
     else:
         z = output.reshape(target.shape)

@@ -17,7 +17,13 @@ Every ``flush_every`` entries, at an epoch's end, when a caller asks
 
 So sinks see every step's record, in order, a few steps late.
 
-Divergence is read from the same numbers: a segment's decoder returns a message
+Each producer adds a named *segment* to the step's entry (the trainer: ``loss``,
+``correct``; LipschitzLR: ``schedule``).  A segment's decoder turns its numbers into a
+:class:`Part`: the record fields it knows, or the problem it found.  The entry's
+``compose`` merges the parts into the record, in one place (the default merges their
+fields in order; the trainer passes its own).
+
+Divergence is read from the same numbers: a part's ``problem`` is a message
 for a NaN or inf ("step 37: K_z is nan (...)").  The first entry with one ends
 the delivery: the records before it are delivered, it and every later entry are
 dropped (they were computed from the bad step), and the flush raises
@@ -37,25 +43,48 @@ import torch
 from lipschitz_lab.errors import DivergenceError
 from lipschitz_lab.records import Record
 
-__all__ = ["StepLog", "Segment"]
+__all__ = ["StepLog", "Segment", "Part", "merge_parts", "deliver_at_exit"]
 
-#: decode(record, host_fields, values) -> a NaN/inf message or None; it fills ``record`` in place
-Decoder = Callable[[Record, dict[str, Any], list[float]], "str | None"]
+@dataclass
+class Part:
+    """What one segment's numbers say: record fields, or the NaN/inf ``problem`` it found."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+
+
+#: decode(values) -> Part: a segment's numbers (plain floats) as named fields
+Decoder = Callable[[list[float]], Part]
+#: compose(host fields, parts by segment name) -> the step's record
+Composer = Callable[[dict[str, Any], dict[str, Part]], Record]
+
+
+def merge_parts(host: dict[str, Any], parts: dict[str, Part]) -> Record:
+    """The default composer: each part's fields in the order they were added, then the host's
+    fields that no part gave."""
+    record: Record = {}
+    for part in parts.values():
+        record.update(part.fields)
+    for key, value in host.items():
+        record.setdefault(key, value)
+    return record
 
 
 @dataclass
 class Segment:
-    """One producer's share of an entry: its tensors, how many numbers they hold, its decoder."""
+    """One producer's share of an entry: its name, its tensors, how many numbers they hold, its decoder."""
 
+    name: str
     tensors: list[torch.Tensor]
     size: int
     decode: Decoder
-    priority: int = 1          # a lower number's message wins (the trainer's loss check comes first)
+    priority: int = 1          # a lower number's problem wins (the trainer's loss check comes first)
 
 
 @dataclass
 class _Entry:
     host: dict[str, Any]
+    compose: Composer = merge_parts
     segments: list[Segment] = field(default_factory=list)
     keep: bool = True          # False: decoded for its divergence check only, not delivered
 
@@ -85,22 +114,33 @@ class StepLog:
     # -- adding ------------------------------------------------------------------------
     @property
     def is_open(self) -> bool:
-        """True between :meth:`open` and :meth:`close_entry` (a caller is building an entry)."""
+        """True between :meth:`open` and :meth:`close_entry` (a driver is building an entry)."""
         return self._open is not None
 
-    def open(self, **host: Any) -> None:
-        """Start this step's entry with fields the host knows (step, epoch, ...)."""
+    def open(self, compose: Composer = merge_parts, **host: Any) -> None:
+        """Start this step's entry with fields the host knows (step, epoch, ...) and its composer."""
         if self._open is not None:
             raise RuntimeError("StepLog.open(): the previous entry was not closed")
-        self._open = _Entry(dict(host))
+        self._open = _Entry(dict(host), compose)
 
-    def add(self, tensors: list[torch.Tensor], decode: Decoder, *, priority: int = 1, **host: Any) -> None:
-        """Add a segment (device tensors, 0-d or 1-d) and host fields to the open entry."""
+    def add(self, name: str, tensors: list[torch.Tensor], decode: Decoder, *, priority: int = 1,
+            **host: Any) -> None:
+        """Add a named segment (device tensors, 0-d or 1-d) and host fields to the open entry."""
         if self._open is None:
             raise RuntimeError("StepLog.add() without open()")
         size = sum(t.numel() for t in tensors)      # shapes are on the host: no sync
-        self._open.segments.append(Segment(tensors, size, decode, priority))
+        self._open.segments.append(Segment(name, tensors, size, decode, priority))
         self._open.host.update(host)
+
+    def contribute(self, name: str, tensors: list[torch.Tensor], decode: Decoder, **host: Any) -> None:
+        """Add a segment to the entry a driver opened for this step (the trainer's), or, with
+        none open (a plain loop, where this producer is the only one), to an entry of its own."""
+        if self._open is not None:
+            self.add(name, tensors, decode, **host)
+            return
+        self.open(**host)
+        self.add(name, tensors, decode)
+        self.close_entry()
 
     def close_entry(self, *, keep: bool = True) -> None:
         """End the entry; flush when ``flush_every`` entries are waiting (or on the first)."""
@@ -158,18 +198,19 @@ class StepLog:
     def _deliver(self, entries: list[_Entry], values: list[float]) -> list[Record]:
         records, bad_at, message, pos = [], None, None, 0
         for i, entry in enumerate(entries):
-            record: Record = {}
+            parts: dict[str, Part] = {}
             found: list[tuple[int, str]] = []
             for seg in entry.segments:
-                msg = seg.decode(record, entry.host, values[pos:pos + seg.size])
+                part = seg.decode(values[pos:pos + seg.size])
                 pos += seg.size
-                if msg:
-                    found.append((seg.priority, msg))
+                parts[seg.name] = part
+                if part.problem:
+                    found.append((seg.priority, part.problem))
             if found:
                 bad_at, message = i, min(found, key=lambda pm: pm[0])[1]
                 break
             if entry.keep:
-                records.append(record)
+                records.append(entry.compose(entry.host, parts))
         bad_at, message = self._agree(entries, bad_at, message)
         if bad_at is not None:
             records = [r for r in records if r.get("step", -1) < entries[bad_at].host.get("step", math.inf)]
@@ -203,3 +244,14 @@ class StepLog:
         """Deliver everything (raises DivergenceError like :meth:`flush`)."""
         self._open = None
         self.flush(wait=True)
+
+
+def deliver_at_exit(log: StepLog) -> None:
+    """A loop that never called flush() or close(): deliver its last records at exit (or when its
+    owner is collected).  An error in them cannot be raised there: it is printed."""
+    import sys
+    try:
+        log.close()
+    except Exception as exc:            # DivergenceError, LossScaleError: said, not lost
+        print(f"lipschitz-lab: the last, unflushed records hold an error: {type(exc).__name__}: {exc}",
+              file=sys.stderr)

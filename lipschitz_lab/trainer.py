@@ -124,6 +124,8 @@ def _close(setup: Setup, session: Session, run: Run, epoch: int, bar) -> None:
     run.steps, run.wall_time = session.step, session.elapsed()
     if setup.policy.lipschitz:
         setup.policy.scheduler.close()
+    if setup.monitor is not None:
+        setup.monitor.close()
     session.writer.close()
     if bar is not None:
         bar.close()

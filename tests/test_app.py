@@ -45,7 +45,7 @@ def test_the_app_lays_the_four_panels_out_and_a_finished_run_reaches_the_runs_ta
     lab = app(store, lazy=False, training=QUICK)
     assert lab.tabs.titles == TABS == ("Derivations", "Live training", "What-if study", "Runs")
     kinds = (DerivationPanel, TrainingPanel, StudyPanel, RunsPanel)
-    assert [type(c) for c in lab.tabs.children] == list(kinds) and lab.ready()
+    assert [type(c) for c in lab.shown()] == list(kinds) and lab.ready()
     assert str(store.path.resolve()) in lab.header.value
 
     training, runs = lab.panels["Live training"], lab.panels["Runs"]
@@ -55,22 +55,25 @@ def test_the_app_lays_the_four_panels_out_and_a_finished_run_reaches_the_runs_ta
     training.flush()                     # what the kernel's loop does; the app refreshes Runs itself
     assert training.status_text.startswith("finished"), training.status_text
     assert [v for _, v in runs.select.options] == [training.run_id]
-    assert "lipschitz paper (panel)" in runs.table.value and "finished" in runs.table.value
+    assert "digits mlp softmax_ce · lipschitz strict/step (panel)" in runs.table.value
+    assert "finished" in runs.table.value and "healthy" in runs.table.value
 
 
 def test_in_a_kernel_the_tabs_come_at_once_and_the_panels_follow_the_shown_one_first(tmp_path):
     async def build() -> tuple[LabApp, list[str]]:
         lab = LabApp(tmp_path / "runs.db", lazy=True, selected="Runs")
-        first = [type(c).__name__ for c in lab.tabs.children]
+        first = [type(c).__name__ for c in lab.shown()]
+        tabs = lab.tabs.children
         while not lab.ready():
             await asyncio.sleep(0.05)
+        assert lab.tabs.children is tabs     # the tabs never change: a tab clicked meanwhile stays selected
         return lab, first
 
     lab, first = asyncio.run(asyncio.wait_for(build(), 240))
     assert first == ["HTML"] * 4                         # the loading lines, before any panel
     assert lab.tabs.selected_index == 3 and list(lab.panels)[0] == "Runs"
-    assert [type(c).__name__ for c in lab.tabs.children] == ["DerivationPanel", "TrainingPanel", "StudyPanel",
-                                                             "RunsPanel"]
+    assert [type(c).__name__ for c in lab.shown()] == ["DerivationPanel", "TrainingPanel", "StudyPanel",
+                                                       "RunsPanel"]
     assert lab.errors == {}
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = "env,sync,overhead,epoch,mnist,compile"
+STEPS = "env,sync,overhead,recipes,epoch,mnist,compile"
 
 
 @pytest.mark.slow
@@ -40,8 +40,16 @@ def test_gpu_checks_smoke_runs_every_step(tmp_path):
     assert results["epoch"]["status"] == results["compile"]["status"] == "finished"
     assert len(results["epoch"]["epoch_s"]) == 2 and results["compile"]["unique_graphs"] >= 1
     assert results["mnist"]["strict"]["status"] == "finished"
+    # the recipes: each timed with and without LipschitzLR; on the CPU nothing but the reads of a
+    # float rate (for-loop SGD, foreach Adam: one per step with a per-step rate, none per epoch)
+    recipes = results["recipes"]["recipes"]
+    assert set(recipes) == {"fused_sgd", "plain_sgd", "adam_unfused", "fp16_gradscaler", "bf16"}
+    for name, r in recipes.items():
+        if name != "fp16_gradscaler":
+            own = r["census_none"]["syncs_per_step"]       # Adam reads its step count itself
+            assert r["ms_with"] > 0 and r["census_epoch"]["syncs_per_step"] == own, (name, r)
     summary = (tmp_path / "summary.md").read_text()
-    for heading in ("## No host sync per step", "## Probe + LipschitzLR cost", "## ResNet-20 epoch",
+    for heading in ("## No host sync per step", "## Probe + LipschitzLR cost", "## The recipes", "## ResNet-20 epoch",
                     "## The paper's MNIST run"):
         assert heading in summary
     assert "Not measured" not in summary

@@ -93,7 +93,8 @@ def test_train_help_lists_every_choice_and_says_what_each_flag_means(capsys):
         after = options_text.split(flag, 1)[1]          # this flag's help comes first, with its choices
         assert after.split("one of: ", 1)[1].startswith(", ".join(options) + ";"), (flag, options)
     comments = field_comments()
-    assert comments["bound"] == "paper | corrected | strict"          # read from config.py itself
+    assert comments["bound"].startswith("a rigorous bound")            # read from config.py itself
+    assert "default: $LIPSCHITZ_LAB_DATA" in text and "default: None" not in text
     for f in dataclasses.fields(TrainConfig):
         if f.name in _SKIP:
             continue
@@ -158,8 +159,11 @@ def test_runs_list_shows_a_bound_only_for_lipschitz_runs(cli, store_with_runs):
     store, ids = store_with_runs
     code, out, _ = cli("runs", "--store", store.path, "list")
     assert code == 0
-    bound = {line.split()[-1]: line.split()[-2] for line in out.splitlines()[1:]}
+    head, *rows = out.splitlines()
+    at = head.index("bound")
+    bound = {line.split()[-1]: line[at:].split()[0] for line in rows}
     assert bound == {"lipschitz": "paper", "constant": "\u2014", "prodigy": "\u2014"}
+    assert head.split()[-3:] == ["val_acc", "verdict", "name"]
 
 
 def test_runs_export_refuses_a_missing_folder_as_cp_does(cli, store_with_runs, tmp_path):
@@ -205,7 +209,7 @@ def test_train_with_a_loss_module_of_ones_own(tmp_path):
                                "--epochs", "1", "--store", str(db), "--no-report", "--device", "cpu", *flags],
                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
-    out = train("--loss-module", "my_losses.py", "--loss", "logistic", "--bound", "strict")
+    out = train("--loss-module", "my_losses.py", "--loss", "logistic")       # the default bound: strict
     assert out.returncode == 0, out.stderr[-3000:]
     assert "registered logistic from my_losses.py" in out.stderr
     from lipschitz_lab.runs import RunStore
@@ -213,10 +217,44 @@ def test_train_with_a_loss_module_of_ones_own(tmp_path):
     assert run["status"] == "finished" and run["config"]["loss"] == "logistic"
     steps = RunStore(db).records(run["id"], kind="step")
     assert steps and all(r["L"] > 0 and r["lr"] > 0 and r["grad_last"] <= r["L"] for r in steps)
-    # the paper has no bound for it (the default bound): one line that says which to use
-    bad = train("--loss-module", "my_losses.py", "--loss", "logistic")
+    # the paper has no bound for it: one line that says which to use
+    bad = train("--loss-module", "my_losses.py", "--loss", "logistic", "--bound", "paper")
     assert bad.returncode == 2 and "bound" in bad.stderr.splitlines()[-1] and "Traceback" not in bad.stderr
     # without the module the loss is unknown, in one line naming it
     bad = train("--loss", "logistic")
     assert bad.returncode == 2 and "logistic" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert len(RunStore(db).list_runs()) == 1                   # refused before any run was recorded
+
+
+# -- verdicts: the last line of train, runs list and runs show --------------------------------------
+def test_train_ends_with_its_verdict_and_the_papers_rule_is_one_flag(cli, tmp_path):
+    """The defaults learn on digits; --paper (its bound, per epoch) collapses the MLP, and the last
+    line says so, and why."""
+    db = tmp_path / "store.db"
+    flags = ("--epochs", "2", "--store", db, "--no-report", "--device", "cpu")
+    code, out, _ = cli("train", *flags)
+    assert code == 0 and out.splitlines()[-1].endswith(tuple("0123456789")), out
+    assert " finished · healthy: loss " in out.splitlines()[-1]
+    code, out, _ = cli("train", "--paper", *flags)
+    last = out.splitlines()[-1]
+    assert code == 0 and ": finished · collapsed: K_z \u2192 0 from step " in last, out
+    assert "the paper's sup|dE/dz| is too small" in last
+    from lipschitz_lab.runs import RunStore
+    default, paper = RunStore(db).list_runs()
+    assert (paper["config"]["bound"], paper["config"]["recompute"]) == ("paper", "epoch")
+    assert (default["config"]["bound"], default["config"]["recompute"]) == ("strict", "step")
+
+    code, out, _ = cli("runs", "--store", db, "list")
+    head, *rows = out.splitlines()
+    kinds = [line[head.index("verdict"):head.index(" name")].strip() for line in rows]
+    assert code == 0 and kinds == ["healthy", "collapsed"], out
+    code, out, _ = cli("runs", "--store", db, "show", paper["id"])
+    assert code == 0 and "{" not in out, out                                # read as text, not JSON
+    assert f"run {paper['id']}" in out and "verdict:  collapsed" in out and "bound=paper" in out
+    assert out.rstrip().splitlines()[-1].split()[0] == "2"                 # the epoch table ends it
+
+
+def test_a_model_that_cannot_take_the_data_names_both(cli, tmp_path):
+    code, _, err = cli("train", "--dataset", "digits", "--model", "resnet20", "--store", tmp_path / "s.db")
+    (line,) = err.strip().splitlines()
+    assert code == 2 and "model='resnet20'" in line and "dataset='digits'" in line, err

@@ -60,13 +60,15 @@ def test_the_table_explains_a_collapsed_a_diverged_and_a_healthy_run(store):
             ("healthy", healthy, " (reused)"), ("flat", flat, ""), ("stopped", stopped, "")]
     text = demo.results_table(store, rows)
     said = dict(re.findall(r"^  (\S+)\s+(.+)$", text.split("What happened:")[1], re.M))
-    assert said["collapsed"] == "collapsed: K_z \u2192 0 and the rate clamped at max_lr on 9 of 10 steps (from step 1)"
-    assert said["diverged"] == "diverged at step 16 (loss is nan)"
-    assert said["diverged-e"] == "diverged at epoch 2 (val_loss is inf)"
-    assert said["in-layer"] == "diverged at step 19 (K_a is inf, output of layer '20')"
-    assert said["healthy"] == "healthy: loss 2 \u2192 0.2"              # first and last tenth of the steps
-    assert said["flat"].startswith("finished, but did not learn")
-    assert said["stopped"] == "stopped: stopped by the user at step 3"
+    assert said["collapsed"] == ("collapsed: K_z \u2192 0 from step 1; K_z = 0 on 9 of 10 steps, the rate in use "
+                                 "at the max_lr clamp on 9 (the paper's sup|dE/dz| is too small, so L is "
+                                 "underestimated and lr = 1/L too large; the default bound strict learns)")
+    assert said["diverged"].startswith("diverged at step 16 (loss is nan)")
+    assert said["diverged-e"].startswith("diverged at epoch 2 (val_loss is inf)")
+    assert said["in-layer"].startswith("diverged at step 19 (K_a is inf, output of layer '20')")
+    assert said["healthy"] == "healthy: loss 2 \u2192 0.2; accuracy 0.500"      # the first and last tenth
+    assert said["flat"] == "not learning: loss 2.3 \u2192 2.3"       # a constant rate: no k, the loss says it
+    assert said["stopped"].startswith("stopped: stopped by the user at step 3; so far ")
     table = {line.split()[0]: line for line in text.split("What happened:")[0].splitlines()[1:] if line}
     assert table["collapsed"].split()[1] == "finished" and "0.097" in table["collapsed"]
     assert table["diverged"].split()[1] == "diverged" and NONE in table["diverged"]   # no epoch: no test acc
@@ -76,10 +78,10 @@ def test_the_table_explains_a_collapsed_a_diverged_and_a_healthy_run(store):
 
 
 def test_a_few_dead_steps_are_not_a_collapse(store):
-    falling = _steps(10, loss=lambda i: 1.0 - 0.05 * i)
-    run_id = _run(store, _steps(10, dead_from=8)[:9] + falling[9:] + [_epoch(0, 1.0, 0.9)], "finished")
+    falling = _steps(30, loss=lambda i: 1.0 - 0.02 * i)
+    run_id = _run(store, _steps(30, dead_from=28)[:29] + falling[29:] + [_epoch(0, 1.0, 0.9)], "finished")
     text = demo.results_table(store, [("r", run_id, "")])
-    assert "healthy: loss 2.3 \u2192 0.55; K_z = 0 on 1 of 10 steps" in text
+    assert "healthy: loss 2.3 \u2192 1.67; accuracy 0.500; K_z = 0 on 1 of 30 steps" in text
 
 
 def test_the_verdicts_print_a_dash_where_the_paper_makes_no_claim():

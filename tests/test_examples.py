@@ -1,5 +1,5 @@
-"""The examples run: the README's plain loop (its strict bound holds) and the Lightning module
-(every update uses the scheduler's 1/L, and the probe sits on the last Linear)."""
+"""The examples run: the README's plain loop (its strict bound holds), the Lightning module
+(every update uses the scheduler's 1/L, and the probe sits on the last Linear) and the GPT loop."""
 import re
 import subprocess
 import sys
@@ -50,3 +50,15 @@ def test_lightning_module_example_trains_at_the_schedulers_rate():
     name, last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     assert probe.layer is last and probe.layer_name == name == "net.2"
     assert sum(model.losses[-10:]) < sum(model.losses[:10])              # it learns
+
+
+def test_the_gpt_loop_example_learns_with_grad_scaler_accumulation_and_the_loss_in_forward():
+    """examples/gpt_loop.py: tied weights, autocast, a GradScaler, two micro-batches, the loss inside
+    forward (observe); m counts every token of both micro-batches and the strict bound holds."""
+    example = _load_example("gpt_loop")
+    out = example.main(steps=12)
+    records = out["records"]
+    assert len(records) == 12 and {r["m"] for r in records} == {example.ACCUM * example.BATCH * 32}
+    assert all(r["grad_last"] <= r["L_strict"] * (1 + 1e-6) for r in records)
+    assert "gpt.lm_head" in records[-1]["grad_layers"]              # the tied layer, by its own name
+    assert out["val_after"] < out["val_before"]

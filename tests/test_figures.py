@@ -129,7 +129,7 @@ def test_a_deep_model_gets_a_legend_that_fits_with_the_last_layer_alone():
     assert layer_style(names)[-1] == ("layer39.conv (last layer)", "black", 3.0)
     figs = RunFigures()
     figs.set_layers(names)
-    lines = figs.figures["layers"].renderers
+    lines = figs.layer_lines
     items = figs._layers_legend.items
     assert len(lines) == 40 and len(items) <= MAX_LAYER_ITEMS
     assert items[-1].label.value == "layer39.conv (last layer)" and items[-1].renderers == [lines[-1]]

@@ -1,52 +1,87 @@
 """Leases: each run of a study trains once, whoever launches it.
 
 Claims are compare-and-set (one winner per key, even across processes), a stale lease is
-taken over, a launcher that lost its lease can write nothing more; two launches of one
-study at once train every run exactly once, and a launcher killed mid-run is taken over
-after its lease timeout and its run finished from the checkpoint, no epoch lost or twice.
+taken over, a launcher that lost its lease can write nothing more (records, status, checkpoint);
+two launches of one study at once train every run exactly once; a launcher killed mid-run is
+taken over after its lease timeout and its run finished from the checkpoint, no epoch lost or
+twice; and one that stalled past its timeout writes nothing after the takeover.
+
+The launchers other than the test's own are forks of this process (no interpreter or torch
+start-up), with one torch thread, as the test's own launcher has.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
 import signal
 import sqlite3
-import subprocess
 import time
 from contextlib import closing
 
 import pytest
+import torch
 
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.runs.leases import Heartbeat, LeasedStore, LeaseLost, beat, claim, events, leases, release
-
-SPAWN = mp.get_context("spawn")
-
-# a launcher in its own OS process: python -c CHILD store barrier_dir name n_launchers policies epochs ttl
-CHILD = """
-import dataclasses, json, sys, time
-from pathlib import Path
-import torch
-torch.set_num_threads(1)
 from lipschitz_lab.studies.runner import run_study
 from lipschitz_lab.studies.spec import StudySpec, select
-store, barrier, name, n, policies, epochs, ttl = sys.argv[1:8]
-spec = StudySpec("two-launchers", {"dataset": "digits", "model": "mlp", "batch_size": 64, "device": "cpu",
-                                   "epochs": int(epochs)}, select(policies.split(",")), [0])
-spec.runs()                                  # the imports and checks happen before the barrier
-(Path(barrier) / name).touch()
-while len(list(Path(barrier).iterdir())) < int(n):
-    time.sleep(0.01)
-result = run_study(spec, store, lease_timeout_s=float(ttl))
-print(json.dumps([dataclasses.asdict(o) for o in result.outcomes]))
-"""
+
+FORK = mp.get_context("fork")
 
 
-def launcher(python, store_path, barrier, name, n, policies, epochs, ttl):
-    barrier.mkdir(exist_ok=True)
-    return subprocess.Popen([python, "-c", CHILD, str(store_path), str(barrier), name, str(n), ",".join(policies),
-                             str(epochs), str(ttl)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def small_study(name, policies, epochs):
+    """4 steps an epoch on 128 digits: a run takes a fraction of a second."""
+    return StudySpec(name, {"dataset": "digits", "model": "mlp", "batch_size": 32, "train_subset": 128,
+                            "device": "cpu", "epochs": epochs}, select(policies), [0])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread(tmp_path_factory):
+    """One torch thread, and the lab's lazy imports and data loaded once here, not in every fork."""
+    from lipschitz_lab.trainer import train
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    train({**small_study("warm", ["constant-0.1"], 1).base, "max_steps": 1},
+          store=tmp_path_factory.mktemp("warm") / "s.db", progress=False)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fork_launcher(spec, path, ttl: float, *, after: int | None = None, sig: int = signal.SIGKILL):
+    """``run_study(spec, path)`` in a fork of this process; ``(pid, pipe)``: its outcomes come as
+    JSON through the pipe.  ``after``: the child sends itself ``sig`` once ``after`` steps are done."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                              # the child: never returns into pytest
+        try:
+            os.close(read)
+            import lipschitz_lab.trainer as trainer
+            torch.set_num_threads(1)
+            real, done = trainer.train_step, []
+
+            def step(*args, **kwargs):
+                out = real(*args, **kwargs)
+                done.append(1)
+                if len(done) == after:
+                    os.kill(os.getpid(), sig)
+                return out
+            trainer.train_step = step
+            result = run_study(spec, path, lease_timeout_s=ttl)
+            os.write(write, json.dumps([dataclasses.asdict(o) for o in result.outcomes]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    return pid, read
+
+
+def outcomes_of(pid: int, pipe: int) -> list[dict] | None:
+    """What a forked launcher sent (None: it died first), once it has exited."""
+    with os.fdopen(pipe) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(text) if text else None
 
 
 def running_transitions(store, run_id):
@@ -118,29 +153,44 @@ def test_bad_timeout_names_the_field(store):
 
 
 def test_a_leased_store_writes_nothing_once_the_lease_is_lost(store):
+    """Every write is fenced in its own transaction: records, status, truncation, the checkpoint
+    (moved into place inside the transaction that checks the lease), locally and on the Ray
+    driver's side (a Receiver applies a worker's messages through a LeasedStore)."""
+    from lipschitz_lab.runs.checkpoint import load_checkpoint, stage_checkpoint
+    from lipschitz_lab.studies.remote_store import Receiver
     claim(store, "k", "A", ttl=30)
-    mine = LeasedStore(store.path, "k", "A")
+    mine, driver = LeasedStore(store.path, "k", "A"), Receiver(store.path, "k", "A")
     run_id = mine.create_run({"lr": 0.1}, key="k")
     mine.append_records(run_id, [{"kind": "step", "step": 0, "epoch": 0}])
+    path = store.checkpoint_path(run_id)
+    assert mine.publish_checkpoint(run_id, stage_checkpoint(path, {"epoch": 0}), 0) == path
+    driver.apply(("checkpoint", (run_id, path.read_bytes(), 0), {}))
     age_lease(store, "k", 40)
     claim(store, "k", "B", ttl=30)
+    theirs = LeasedStore(store.path, "k", "B")
+    theirs.publish_checkpoint(run_id, stage_checkpoint(path, {"epoch": 5}), 5)
+    ours = path.read_bytes()
     for write in (lambda: mine.append_records(run_id, [{"kind": "step", "step": 1, "epoch": 0}]),
                   lambda: mine.set_status(run_id, "finished"), lambda: mine.truncate(run_id, after_epoch=-1),
-                  mine.check):
+                  lambda: mine.publish_checkpoint(run_id, stage_checkpoint(path, {"epoch": 1}), 1),
+                  lambda: driver.apply(("checkpoint", (run_id, b"a late checkpoint", 1), {})),
+                  lambda: driver.apply(("set_status", (run_id, "failed", "late"), {})), mine.check):
         with pytest.raises(LeaseLost, match="held by B"):
             write()
     assert [r["step"] for r in store.records(run_id)] == [0] and store.get_run(run_id)["status"] == "running"
+    assert load_checkpoint(path) == {"epoch": 5} and path.read_bytes() == ours
+    assert [p.name for p in path.parent.iterdir()] == [path.name]        # no staged file left behind
 
 
 def test_heartbeat_keeps_a_lease_live_and_reports_a_lost_one(store):
-    claim(store, "k1", "A", ttl=3)
-    claim(store, "k2", "A", ttl=3)
+    claim(store, "k1", "A", ttl=1)
+    claim(store, "k2", "A", ttl=1)
     lost = []
-    hb = Heartbeat(store.path, "A", 3, on_lost=lost.append)
+    hb = Heartbeat(store.path, "A", 1, on_lost=lost.append)
     hb.add("k1")
     hb.add("k2")
     try:
-        time.sleep(4.5)                              # 1.5 ttl: only the beats keep them live
+        time.sleep(1.5)                              # 1.5 ttl: only the beats keep them live
         assert leases(store)["k1"].live() and not claim(store, "k1", "B", ttl=1).granted
         edit_lease(store, "UPDATE leases SET owner = 'B' WHERE key = 'k2'")
         deadline = time.monotonic() + 10
@@ -159,8 +209,8 @@ def _claimer(path, owner, keys, barrier, out):
 
 def test_claims_from_two_processes_have_one_winner_per_key(store):
     keys = [f"race/p{i}/seed=0/x" for i in range(150)]
-    barrier, out = SPAWN.Barrier(2), SPAWN.Queue()
-    procs = [SPAWN.Process(target=_claimer, args=(store.path, owner, keys, barrier, out)) for owner in "AB"]
+    barrier, out = FORK.Barrier(2), FORK.Queue()
+    procs = [FORK.Process(target=_claimer, args=(store.path, owner, keys, barrier, out)) for owner in "AB"]
     for p in procs:
         p.start()
     won = dict(out.get(timeout=120) for _ in procs)
@@ -172,13 +222,12 @@ def test_claims_from_two_processes_have_one_winner_per_key(store):
 
 
 # -- two launchers, one store ------------------------------------------------------------------
-def test_two_launches_at_once_train_every_run_exactly_once(tmp_path, python):
-    policies = ["constant-0.1", "constant-0.3", "constant-0.03", "lipschitz-strict-epoch-sgd"]
+def test_two_launches_at_once_train_every_run_exactly_once(tmp_path):
+    spec = small_study("two-launchers", ["constant-0.1", "constant-0.3", "constant-0.03",
+                                         "lipschitz-strict-epoch-sgd"], 3)
     path = tmp_path / "s.db"
-    procs = [launcher(python, path, tmp_path / "barrier", name, 2, policies, 3, 30) for name in "AB"]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
-    a, b = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
+    launchers = [fork_launcher(spec, path, 30) for _ in "AB"]     # both start at once
+    a, b = (outcomes_of(*launcher) for launcher in launchers)
     trained = {"new", "resumed", "restarted"}
     for oa, ob in zip(a, b):                                      # the same plan, in the same order
         assert oa["key"] == ob["key"]
@@ -189,39 +238,58 @@ def test_two_launches_at_once_train_every_run_exactly_once(tmp_path, python):
     assert any(o["action"] in trained for o in a) and any(o["action"] in trained for o in b)   # work was shared
     store = RunStore(path)
     runs = store.list_runs(study="two-launchers")
-    assert len(runs) == len(policies)
+    assert len(runs) == 4
     for run in runs:
         assert len(running_transitions(store, run["id"])) == 1, events(store, run_id=run["id"])
         assert_records_once(store, run["id"], 3)
     assert leases(store) == {}                                   # every lease given back
 
 
-def test_a_killed_launcher_is_taken_over_after_its_lease_timeout(tmp_path, python):
-    from lipschitz_lab.studies.runner import run_study
-    from lipschitz_lab.studies.spec import StudySpec, select
-    path, epochs = tmp_path / "s.db", 60
-    victim = launcher(python, path, tmp_path / "barrier", "A", 1, ["constant-0.1"], epochs, 2)
+def test_a_killed_launcher_is_taken_over_after_its_lease_timeout(tmp_path):
+    spec, path = small_study("killed", ["constant-0.1"], 4), tmp_path / "s.db"
+    pid, pipe = fork_launcher(spec, path, 1.0, after=6)          # SIGKILL in epoch 1: epoch 0 checkpointed
+    assert outcomes_of(pid, pipe) is None
     store = RunStore(path)
-    deadline = time.monotonic() + 300
-    run = None
-    while run is None or not store.records(run["id"], "epoch")[2:]:   # 3 epochs recorded, and checkpointed
-        assert victim.poll() is None and time.monotonic() < deadline, victim.communicate()[1][-2000:]
-        time.sleep(0.05)
-        runs = store.list_runs(study="two-launchers")
-        run = runs[0] if runs else None
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait(30)
-    at_kill = store.last_epoch(run["id"])
-    assert store.get_run(run["id"])["status"] == "running" and at_kill < epochs - 1
-    assert leases(store)[run["key"]].owner.split(":")[1] == str(victim.pid)
-
-    spec = StudySpec("two-launchers", {"dataset": "digits", "model": "mlp", "batch_size": 64, "device": "cpu",
-                                       "epochs": epochs}, select("constant-0.1"), [0])
-    (outcome,) = run_study(spec, store, lease_timeout_s=2).outcomes
+    (run,) = store.list_runs()
+    assert store.get_run(run["id"])["status"] == "running" and store.last_epoch(run["id"]) == 0
+    assert leases(store)[run["key"]].owner.split(":")[1] == str(pid)
+    (outcome,) = run_study(spec, store, lease_timeout_s=1.0).outcomes
     assert outcome.action == "resumed" and outcome.status == "finished", outcome
     assert outcome.run_id == run["id"] and "took over from" in outcome.note
     (takeover,) = events(store, run_id=run["id"], event="takeover")
     silent = float(takeover["detail"].split("silent for ")[1].rstrip("s"))
-    assert silent > 2                                            # not before the victim's 2 s timeout
+    assert silent > 1                                            # not before the victim's 1 s timeout
     assert len(running_transitions(store, run["id"])) == 2      # the victim's start and the takeover
-    assert_records_once(store, run["id"], epochs)
+    assert_records_once(store, run["id"], 4)
+
+
+def test_a_stalled_holder_writes_nothing_after_the_takeover(tmp_path):
+    """Issue 22, item 5.  Launcher A trains a run and freezes itself (SIGSTOP: its heartbeat too)
+    at the start of epoch 2, past its 1 s lease timeout; launcher B takes the run over and finishes
+    it from A's checkpoint.  Then A goes on (SIGCONT): its next write is refused, its launch says
+    so, and the store holds B's run as B left it, equal to an uninterrupted run."""
+    from lipschitz_lab.trainer import train
+    spec, path = small_study("stall", ["constant-0.1"], 4), tmp_path / "s.db"
+    pid, pipe = fork_launcher(spec, path, 1.0, after=9, sig=signal.SIGSTOP)   # epochs 0 and 1 checkpointed
+    try:
+        assert os.WIFSTOPPED(os.waitpid(pid, os.WUNTRACED)[1])
+        store = RunStore(path)
+        (run,) = store.list_runs()
+        assert store.last_epoch(run["id"]) == 1 and leases(store)[run["key"]].owner.split(":")[1] == str(pid)
+        (b,) = run_study(spec, store, lease_timeout_s=1.0).outcomes          # waits, then takes over
+        assert (b.action, b.status, b.run_id) == ("resumed", "finished", run["id"]) and "took over" in b.note
+        records, checkpoint = store.records(run["id"]), store.checkpoint_path(run["id"]).read_bytes()
+        takeover = events(store, event="takeover")[0]["id"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    (a,) = outcomes_of(pid, pipe)
+    assert a["status"] == "finished" and "another launcher took the run over" in a["note"], a
+    assert "LeaseLost" in a["note"]                             # it tried to write, and was refused
+    assert store.records(run["id"]) == records and store.checkpoint_path(run["id"]).read_bytes() == checkpoint
+    assert store.get_run(run["id"])["status"] == "finished"
+    owner_a = events(store, event="claim")[0]["owner"]
+    assert {e["event"] for e in events(store) if e["id"] > takeover and e["owner"] == owner_a} <= {"lost"}
+    whole = RunStore(tmp_path / "whole.db")
+    (plan,) = spec.runs()
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
+    assert strip(records) == strip(whole.records(train(plan.config, store=whole, progress=False).run_id))

@@ -214,3 +214,19 @@ def test_derive_loss_module_cli(cli, tmp_path):
         losses.unregister("logistic")
     code, _, err = cli("derive", "--loss-module", tmp_path / "nope.py")
     assert code == 2 and "nope.py" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["softmax_ce", "label_smoothed_ce"])
+def test_the_generated_softmax_criterion_ignores_negative_targets_as_torch_does(name):
+    """Padding (torch's ignore_index -100, or a -1 pad): not a term of the mean, as in F.cross_entropy."""
+    from lipschitz_lab.losses import generated_criterion
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(12, 5, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 5, (12,), generator=g)
+    y[[1, 4, 7]] = -100
+    want = F.cross_entropy(z, y, label_smoothing=0.1 if name == "label_smoothed_ce" else 0.0)
+    assert generated_criterion(name, eps=0.1)(z, y).item() == pytest.approx(want.item(), rel=1e-12)
+    y[4] = -1
+    kept = y >= 0
+    want = F.cross_entropy(z[kept], y[kept], label_smoothing=0.1 if name == "label_smoothed_ce" else 0.0)
+    assert generated_criterion(name, eps=0.1)(z, y).item() == pytest.approx(want.item(), rel=1e-12)

@@ -3,6 +3,8 @@ that uses the page's width and shows its own data (checked in Chromium; screensh
 test-artifacts/figures/, git-ignored)."""
 from __future__ import annotations
 
+import html
+
 import json
 import math
 import re
@@ -116,6 +118,11 @@ def test_the_report_holds_the_runs_numbers(store):
     assert epochs["val_acc"] == pytest.approx([0.45, 0.55, 0.65, 0.75])
     (layers,) = columns(text, "g1")
     assert layers["g1"] == [0.5] * 40 and "layer 2 (last layer)" in text
+    # the header says what happened: the verdict of the same records (runs/verdict.py)
+    from lipschitz_lab.runs.verdict import run_verdict
+    said = run_verdict(store, run_id)
+    header = [html.unescape(t) for t in strings(embedded_docs(text)) if "verdict:" in t]
+    assert said.kind == "healthy" and any(f"verdict: <b>{said.text}</b>" in t for t in header), header
 
 
 def test_a_baseline_run_reports_without_bound_fields(store, tmp_path):

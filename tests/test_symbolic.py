@@ -235,3 +235,33 @@ def test_a_users_loss_gets_the_same_treatment():
     finally:
         losses.unregister("logistic_pm1")
     assert "logistic_pm1" not in bounds.loss_names()
+
+
+@pytest.mark.parametrize("name", ["softmax_ce", "label_smoothed_ce"])
+def test_the_softmax_supremum_holds_for_any_target_distribution(name):
+    """Soft targets (issue 21): sup over t in [0, 1] equals sup over t in {0, 1}, by the engine; and
+    autograd on random logits and random probability targets never exceeds it."""
+    import torch
+    import torch.nn.functional as F
+    from lipschitz_lab.symbolic import derive_spec
+    from lipschitz_lab.symbolic.losses import LABEL_SMOOTHED_CE, SOFTMAX_CE
+    from lipschitz_lab.symbolic.soft_targets import soft_target_supremum
+    from lipschitz_lab.symbolic.symbols import eps, k, m
+    spec = {"softmax_ce": SOFTMAX_CE, "label_smoothed_ce": LABEL_SMOOTHED_CE}[name]
+    soft = soft_target_supremum(spec).value
+    assert sp.simplify(soft - derive_spec(spec).sup.value) == 0
+    bound = float(soft.subs({m: 1, k: 7, eps: 0.1}))
+    g = torch.Generator().manual_seed(0)
+    z = (20 * torch.randn(4000, 7, generator=g, dtype=torch.float64)).requires_grad_()
+    target = torch.softmax(5 * torch.randn(4000, 7, generator=g, dtype=torch.float64), dim=1)
+    smoothing = 0.1 if name == "label_smoothed_ce" else 0.0
+    F.cross_entropy(z, target, label_smoothing=smoothing, reduction="sum").backward()
+    worst = z.grad.abs().max().item()
+    assert worst <= bound * (1 + 1e-12) and worst > 0.9 * bound        # attained in the limit
+
+
+def test_soft_targets_need_a_target_indicator():
+    from lipschitz_lab.symbolic.losses import MSE
+    from lipschitz_lab.symbolic.soft_targets import soft_variables
+    with pytest.raises(ValueError, match="no target indicator"):
+        soft_variables(MSE)

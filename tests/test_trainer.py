@@ -14,7 +14,8 @@ from lipschitz_lab.config import PRESETS, ConfigError, TrainConfig, preset
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.trainer import select_device, train
 
-QUICK = dict(dataset="digits", model="mlp", loss="softmax_ce", batch_size=128, epochs=2, bound="strict")
+QUICK = dict(dataset="digits", model="mlp", loss="softmax_ce", batch_size=128, epochs=2, bound="strict",
+             recompute="epoch")
 
 
 def _strip(records):
@@ -111,7 +112,7 @@ KILLED = textwrap.dedent("""
     import os, signal, sys
     from lipschitz_lab.trainer import train
     cfg = dict(dataset="digits", model="mlp", loss="softmax_ce", batch_size=128, epochs=4,
-               bound="paper", kz="max_abs", max_lr=0.5, seed=3)
+               bound="paper", recompute="epoch", kz="max_abs", max_lr=0.5, seed=3)
     def killer(rec):
         if rec["kind"] == "step" and rec["epoch"] == 2 and rec["step"] % 11 == 3:
             os.kill(os.getpid(), signal.SIGKILL)      # mid-epoch 2, after epoch 1's checkpoint

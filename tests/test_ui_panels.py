@@ -2,12 +2,13 @@
 
 No kernel runs here, so no event loop drains the bridge: the tests join the
 training thread with ``panel.wait`` and apply the queue with ``panel.flush``,
-which is what the kernel's loop does every 0.2 s in a notebook.
+which is what the kernel's loop does every 0.5 s in a notebook.
 """
 from __future__ import annotations
 
 import asyncio
 import math
+import re
 import threading
 import time
 
@@ -50,7 +51,7 @@ def test_start_streams_every_record_of_the_run_into_the_sources(store):
     panel = training_panel(store, **QUICK_RUN)
     panel.controls["bound"].value = "corrected"
     panel.controls["optimizer"].value = "momentum"
-    panel.controls["batch_size"].value = 32
+    panel.controls["batch_size"].value = "32"
     panel.start_button.click()
     assert panel.running and panel.start_button.disabled and not panel.stop_button.disabled
     assert panel.wait(180), "the training thread did not end"
@@ -59,7 +60,7 @@ def test_start_streams_every_record_of_the_run_into_the_sources(store):
     assert panel.status_text.startswith("finished"), panel.status_text
     run = store.get_run(panel.run_id)
     assert run["status"] == "finished"
-    assert run["name"] == "lipschitz corrected (panel)"            # what `runs list` shows
+    assert run["name"] == "digits mlp softmax_ce · lipschitz corrected/step (panel)"   # what `runs list` shows
     assert run["config"]["bound"] == "corrected" and run["config"]["optimizer"] == "momentum"
     assert run["config"]["batch_size"] == 32
 
@@ -153,10 +154,10 @@ def test_a_second_run_reuses_the_layer_lines_of_the_same_model_and_redraws_for_a
         return store.records(panel.run_id, "step")
 
     run_once()
-    lines = list(panel.figures.figures["layers"].renderers)
+    lines = panel.figures.layer_lines
     assert len(lines) == len(panel.figures.layer_names) > 1
     steps = run_once()                                      # same model: the same line objects
-    assert panel.figures.figures["layers"].renderers == lines
+    assert panel.figures.layer_lines == lines
     layers = columns(panel.figures.layers)
     assert layers["step"] == [r["step"] for r in steps]     # only this run's rows
     last = f"g{len(lines) - 1}"
@@ -165,11 +166,11 @@ def test_a_second_run_reuses_the_layer_lines_of_the_same_model_and_redraws_for_a
     steps = run_once()
     names = list(steps[0]["grad_layers"])
     assert panel.figures.layer_names == names
-    assert len(panel.figures.figures["layers"].renderers) == len(names)
-    assert not set(panel.figures.figures["layers"].renderers) & set(lines)
+    assert len(panel.figures.layer_lines) == len(names)
+    assert not set(panel.figures.layer_lines) & set(lines)
     panel.controls["lr_policy"].value = "constant"          # no per-layer maxima: no lines
     run_once()
-    assert panel.figures.layer_names == [] and panel.figures.figures["layers"].renderers == []
+    assert panel.figures.layer_names == [] and panel.figures.layer_lines == []
 
 def test_the_progress_line_counts_steps_epochs_and_the_time_left(store):
     panel = training_panel(store, **QUICK_RUN)
@@ -209,11 +210,14 @@ def test_a_registered_loss_is_in_the_loss_menu_and_trains(store, logistic):
     panel = training_panel(store, **{**QUICK_RUN, "dataset": "breast_cancer", "max_steps": 12})
     assert "logistic" in panel.controls["loss"].options
     panel.controls["loss"].value = "logistic"
-    panel.start_button.click()                   # the paper's bound is only for its own losses
+    panel.paper_button.click()                   # the paper's rule: its bound is only for its own losses
+    assert (panel.controls["bound"].value, panel.controls["recompute"].value) == ("paper", "epoch")
+    panel.start_button.click()
     assert panel.wait(120)
     panel.flush()
-    assert panel.status_text == ("error: the paper gives no bound for loss='logistic'; "
-                                 "use bound='corrected' or 'strict'") and store.list_runs() == []
+    said = panel.status_text
+    assert said.startswith("error: ") and "the paper gives no bound for loss='logistic'" in said, said
+    assert len(said.splitlines()) == 1 and store.list_runs() == []
     panel.controls["bound"].value = "corrected"
     panel.start_button.click()
     assert panel.wait(120)
@@ -453,7 +457,10 @@ def test_the_derivation_plot_is_the_derivative_and_its_levels(name):
     d = derive(name)
     s = panel.setup
     assert s["name"] == name
-    assert r"\begin{aligned}" in panel.latex.value and sp.latex(d.sup.value) in panel.claim.value
+    # SymPy's ``eps`` is set as \varepsilon (MathJax would set "eps" as e·p·s)
+    derived = sp.latex(d.sup.value).replace("eps", r"\varepsilon")
+    assert r"\begin{aligned}" in panel.latex.value and derived in panel.claim.value
+    assert not re.search(r"(?<![\\A-Za-z])eps(?![A-Za-z])", panel.latex.value + panel.claim.value)
     curves = panel.curves.data
     assert len(curves["xs"]) == len(s["curves"]) >= 1
     for label, xs, ys in zip(curves["label"], curves["xs"], curves["ys"]):
@@ -527,7 +534,7 @@ def test_choosing_runs_overlays_their_curves(store):
     assert "2 runs" in panel.table.value
     assert "0.8000" in panel.table.value and "0.9000" in panel.table.value   # final val_acc of a, b
     panel.select.value = (a, b)
-    assert panel.lr.data["label"] == ["a", "b"]
+    assert panel.lr.data["label"] == [f"a ({a[-4:]})", f"b ({b[-4:]})"]      # one legend entry per run
     assert [len(x) for x in panel.lr.data["xs"]] == [10, 15]
     assert panel.lr.data["ys"][1] == [0.1 / (s + 1) for s in range(15)]
     assert panel.loss.data["ys"][0] == [2.0 - 0.01 * s for s in range(10)]
@@ -535,7 +542,7 @@ def test_choosing_runs_overlays_their_curves(store):
     assert panel.acc.data["ys"][0] == [0.4, 0.8]
     assert panel.acc_points.data["x"] == [1, 2, 1, 2, 3] and panel.acc_points.data["y"][:2] == [0.4, 0.8]
     panel.select.value = (b,)
-    assert panel.lr.data["label"] == ["b"]
+    assert panel.lr.data["label"] == [f"b ({b[-4:]})"]
     c = _fake_run(store, "c", 5, 0.5)
     panel.refresh()
     assert c in [v for _, v in panel.select.options] and panel.select.value == (b,)

@@ -87,3 +87,37 @@ def serve_lab(tmp: Path, notebooks: Path, **env: str):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(5)
+
+
+# -- what the kernel says where a person looks ------------------------------------------------------
+
+#: a kernel message a user would see as a traceback: an error (a cell's, or a comm handler's, which
+#: JupyterLab shows in its Log Console), or a traceback written to the kernel's stderr stream
+_ERROR_MARKS = ('"msg_type":"error"', '"msg_type": "error"')
+
+
+class KernelMessages:
+    """Every kernel message the page receives over its websockets (JupyterLab's and Voilà's), kept
+    when it is an error or a stderr stream with a traceback: what the Log Console, a cell or the
+    page would show.  ``page.on("websocket")`` sees the frames the kernel sends."""
+
+    def __init__(self, page):
+        self.problems: list[str] = []
+        page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
+
+    def _frame(self, payload) -> None:
+        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else str(payload)
+        if any(m in text for m in _ERROR_MARKS) or ('"name":"stderr"' in text.replace(" ", "")
+                                                    and "Traceback" in text):
+            self.problems.append(text[-2000:])
+
+
+def tracebacks(log_text: str) -> list[str]:
+    """Tracebacks a server's log holds (the kernels' own stderr lands there)."""
+    return [part[:1500] for part in log_text.split("Traceback (most recent call last)")[1:]]
+
+
+def bokeh_console_problems(console: list[tuple[str, str]]) -> list[str]:
+    """Console lines that are BokehJS warnings or errors, or any error."""
+    return [f"{kind}: {text}" for kind, text in console
+            if kind == "error" or (kind == "warning" and "[bokeh" in text)]

@@ -56,10 +56,9 @@ def free_port() -> int:
 
 
 def voila_command(notebook: Path, port: int, token: str, cull_after: int) -> list[str]:
-    # Voilà's server imports jsonschema's IRI checker, ~2 s of Lark grammars, for event
-    # schemas that use no IRI format (jupyter_server#1559): it is kept out of the import
-    launch = "import sys; sys.modules['rfc3987_syntax'] = None; from voila.app import main; sys.exit(main())"
-    return [sys.executable, "-c", launch, str(notebook), "--no-browser", f"--port={port}",
+    # Voilà's main, without the import it does not need and the tracebacks of closed pages (_voila_main)
+    return [sys.executable, "-m", "lipschitz_lab.cli._voila_main", str(notebook), "--no-browser",
+            f"--port={port}",
             "--Voila.ip=127.0.0.1", "--Voila.port_retries=0", f"--Voila.token={token}",
             f"--VoilaConfiguration.template={TEMPLATE}", "--VoilaConfiguration.strip_sources=True",
             "--Voila.log_level=WARN", "--MappingKernelManager.cull_connected=False",

@@ -5,12 +5,11 @@
    the strict Lipschitz rate and a constant-rate baseline: a small what-if study, so
    each run has a stable key in the run store and a second demo with the same
    settings reuses the first one's runs (and reports) instead of training them again;
-3) prints a comparison with one line per rule saying what happened (diverged,
-   collapsed or healthy), and one HTML report per run.
+3) prints a comparison with one line per rule saying what happened (its verdict:
+   healthy, collapsed, blew up, not learning or diverged), and one HTML report per run.
 """
 from __future__ import annotations
 
-import re
 import sys
 
 #: the demo's rules: (label, study policy name; see ``lipschitz-lab study --list``)
@@ -53,47 +52,17 @@ def verdict_table(derivations: dict) -> str:
 
 # -- 2) what happened to a run -------------------------------------------------------
 def explain(run: dict, steps: list[dict], epochs: list[dict]) -> str:
-    """One line: ``diverged at step N (quantity)``, ``collapsed: K_z -> 0 ...`` or ``healthy: ...``.
+    """One line: the run's verdict (:func:`lipschitz_lab.runs.verdict.verdict`: healthy, collapsed,
+    blew up, not learning or diverged at step N); a run that did not finish says so first.
 
-    ``run`` is the store's run (status, reason), ``steps`` and ``epochs`` its records.
+    ``run`` is the store's run (status, reason, config), ``steps`` and ``epochs`` its records.
     """
+    from lipschitz_lab.runs.verdict import verdict
     status, reason = run["status"], run.get("reason") or ""
-    if status == "diverged":
-        where = re.match(r"\s*(step|epoch) (\d+): (.+?)(?: \((.+)\))?$", reason)
-        if not where:
-            return f"diverged ({reason or 'no reason recorded'})"
-        detail = where[3] + (f", {where[4]}" if where[4] else "")
-        return f"diverged at {where[1]} {where[2]} ({detail})"
-    if status != "finished":
-        return f"{status}" + (f": {reason}" if reason else "")
-    n = len(steps)
-    dead = [r["step"] for r in steps if r.get("clamped") == "K_z=0" or r.get("K_z") == 0]
-    if dead and (len(dead) * 2 >= n or dead[-1] == steps[-1]["step"]):
-        return f"collapsed: K_z \u2192 0 and the rate clamped at max_lr on {len(dead)} of {n} steps (from step {dead[0]})"
-    trend = _loss_trend(steps, epochs)
-    if trend is None:
-        return "finished, with no loss recorded"
-    first, last = trend
-    if not last < first:
-        return f"finished, but did not learn: loss {first:.3g} \u2192 {last:.3g}"
-    notes = [f"loss {first:.3g} \u2192 {last:.3g}"]
-    if dead:
-        notes.append(f"K_z = 0 on {len(dead)} of {n} steps")
-    clamped = sum(1 for r in steps if r.get("clamped") in ("min_lr", "max_lr"))
-    if clamped:
-        notes.append(f"the rate clamped on {clamped} of {n} steps")
-    return "healthy: " + "; ".join(notes)
-
-
-def _loss_trend(steps: list[dict], epochs: list[dict]) -> tuple[float, float] | None:
-    """The mean training loss over the first and over the last tenth of the steps (else the epochs)."""
-    losses = [r["loss"] for r in steps if r.get("loss") is not None]
-    if not losses:
-        losses = [e["train_loss"] for e in epochs if e.get("train_loss") is not None]
-    if not losses:
-        return None
-    k = max(1, len(losses) // 10)
-    return sum(losses[:k]) / k, sum(losses[-k:]) / k
+    said = verdict([*steps, *epochs], status, reason, config=run.get("config"))
+    if status in ("finished", "diverged"):
+        return said.text
+    return f"{status}" + (f": {reason}" if reason else "") + f"; so far {said.text}"
 
 
 def _row(store, label: str, run_id: str, note: str) -> tuple[str, str]:
@@ -136,7 +105,8 @@ LEGEND = """
 grad>L: steps where the measured last-layer gradient max exceeded the run's bound L.
 eq.1 holds: steps where the last layer had the largest gradient of all layers (the paper's eq. 1).
 collapsed: K_z = 0 means every penultimate activation is 0 (dead ReLUs after too large a step):
-L = 0, so lr = 1/L is clamped at max_lr, and the network no longer learns."""
+L = 0, so lr = 1/L is clamped at max_lr, and the network no longer learns.
+The verdicts and their thresholds: lipschitz_lab/runs/verdict.py."""
 
 
 # -- the command ----------------------------------------------------------------------

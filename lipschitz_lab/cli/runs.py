@@ -1,8 +1,8 @@
 """``lipschitz-lab runs list|show|export``: the run store from the shell."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from types import SimpleNamespace
 
 #: printed where a field does not apply (a bound for a constant-rate run) or is missing
 NONE = "\u2014"
@@ -17,7 +17,7 @@ def register(sub) -> None:
     ls = actions.add_parser("list", help="one line per run")
     ls.add_argument("--study", help="only runs of this study")
     ls.add_argument("--status", help="only runs with this status")
-    show = actions.add_parser("show", help="a run's config, status and epochs")
+    show = actions.add_parser("show", help="a run's status, verdict, config and epochs")
     show.add_argument("run_id")
     exp = actions.add_parser("export", help="a run's records as CSV")
     exp.add_argument("run_id")
@@ -39,13 +39,47 @@ def bound_of(config: dict) -> str:
     return config.get("bound") or NONE
 
 
+def summary(store, run: dict) -> tuple[str, str]:
+    """(final accuracy, verdict) of a stored run: validation accuracy (test without a validation
+    split) of its last epoch, and :func:`~lipschitz_lab.runs.verdict.verdict` of its records."""
+    from lipschitz_lab.runs.verdict import verdict
+    records = store.records(run["id"])
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    last = epochs[-1] if epochs else {}
+    acc = last.get("val_acc") if last.get("val_acc") is not None else last.get("test_acc")
+    said = verdict(records, run["status"], run.get("reason"), config=run["config"])
+    return (NONE if acc is None else f"{acc:.3f}"), said.kind
+
+
 def _list(store, args) -> int:
     runs = store.list_runs(study=args.study, status=args.status)
-    print(f"{'run id':<26} {'status':<9} {'dataset':<14} {'model':<10} {'policy':<18} {'bound':<9} name")
+    print(f"{'run id':<26} {'status':<9} {'dataset':<14} {'model':<10} {'policy':<18} {'bound':<9} "
+          f"{'val_acc':>7}  {'verdict':<12} name")
     for r in runs:
         c = r["config"]
+        acc, kind = summary(store, r)
         print(f"{r['id']:<26} {r['status']:<9} {c.get('dataset') or NONE:<14} {c.get('model') or NONE:<10} "
-              f"{c.get('lr_policy') or NONE:<18} {bound_of(c):<9} {r['name'] or ''}")
+              f"{c.get('lr_policy') or NONE:<18} {bound_of(c):<9} {acc:>7}  {kind:<12} {r['name'] or ''}")
+    return 0
+
+
+def _show(store, args) -> int:
+    """A run as a person reads it: what it is, how it ended, its settings and its epochs."""
+    from lipschitz_lab.cli.train import print_table
+    from lipschitz_lab.runs.verdict import run_verdict
+    r = store.get_run(args.run_id)
+    study = f"  (study {r['study']})" if r["study"] else ""
+    print(f"run {r['id']}" + (f"  {r['name']}" if r["name"] else "") + study)
+    reason = f" ({r['reason']})" if r.get("reason") else ""
+    print(f"status:   {r['status']}{reason}, created {r['created']}")
+    print(f"verdict:  {run_verdict(store, r['id'], r)}")
+    for name, path in (r.get("artifacts") or {}).items():
+        print(f"{name + ':':<9} {path}")
+    print("config:   " + ", ".join(f"{k}={v}" for k, v in r["config"].items() if v not in (None, {}, "")))
+    epochs = store.records(args.run_id, kind="epoch")
+    if epochs:
+        print()
+        print_table(SimpleNamespace(epochs=epochs))
     return 0
 
 
@@ -66,10 +100,5 @@ def run(args) -> int:
     if args.action == "list":
         return _list(store, args)
     if args.action == "show":
-        r = store.get_run(args.run_id)
-        print(json.dumps({k: r[k] for k in ("id", "name", "study", "status", "reason", "created",
-                                             "artifacts", "config")}, indent=2, default=str))
-        for e in store.records(args.run_id, kind="epoch"):
-            print(json.dumps(e))
-        return 0
+        return _show(store, args)
     return _export(store, args)

@@ -33,6 +33,9 @@ def register(sub) -> None:
                         f"(default {LEASE_TTL_S:g})")
     p.add_argument("--no-wait", action="store_true",
                    help="do not wait for runs that another launch of this study is training")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="train the runs the store holds failed again, from their checkpoints (default: "
+                        "a failed run keeps its error and is skipped)")
     p.add_argument("--store", metavar="PATH", help="the run store (default $LIPSCHITZ_LAB_STORE or runs/lipschitz_lab.db)")
     p.add_argument("--out", metavar="DIR", help="write summary.md, table.csv and plots.html into DIR")
     p.add_argument("--no-run", action="store_true", help="only report what the store already holds")
@@ -92,8 +95,12 @@ def run(args) -> int:
     from lipschitz_lab.studies.results import study_table, summary_markdown, table_text
 
     spec = build_spec(args)
+    if args.no_run:
+        plans = spec.runs()
+    else:                                   # every policy x seed built and checked: one line, exit 2
+        from lipschitz_lab.studies.spec import validate_study
+        plans = validate_study(spec)
     store = open_store(args.store)
-    plans = spec.runs()
     print(f"study {spec.name!r}: {len(spec.policies)} policies x {len(spec.seeds)} seeds = {len(plans)} runs "
           f"-> {store.path}", file=sys.stderr)
     wall = None if args.no_run else _train(args, spec, store, len(plans))
@@ -111,7 +118,8 @@ def _train(args, spec, store, total: int) -> float:
     with StudyBar(store, spec, total) as bar:
         result = run_study(spec, store, workers=args.workers, backend=args.backend, address=args.address,
                            cpus_per_run=args.cpus_per_run, lease_timeout_s=args.lease_timeout,
-                           wait=not args.no_wait, on_outcome=bar.outcome)
+                           wait=not args.no_wait, on_outcome=bar.outcome, retry_failed=args.retry_failed,
+                           validate=False)
     wall = time.perf_counter() - t0
     startup = f" ({result.startup_s:.1f}s of it starting {result.backend})" if result.startup_s >= 0.05 else ""
     print(f"trained {len(result.trained)}, skipped {result.count(action='skipped')}, "
@@ -134,12 +142,12 @@ def _write_out(out: Path, store, spec, table, summary: str) -> None:
     print(f"wrote {', '.join(written)} to {out}/", file=sys.stderr)
 
 
-def outcome_line(o) -> str:
-    """One finished run: policy, seed, what this launch did, its status, time, and why."""
+def outcome_line(o, said: str = "") -> str:
+    """One finished run: policy, seed, what this launch did, its status, time, why, and its verdict."""
     extra = f" ({o.note})" if o.note else ""
     reason = f": {o.reason}" if o.reason and o.status != "finished" else ""
     return (f"{o.policy:<36} seed {o.seed}  {o.action:<11} {o.status or '-':<9} "
-            f"{o.wall_time:6.1f}s{reason}{extra}")
+            f"{o.wall_time:6.1f}s{reason}{extra}" + (f" · {said}" if said else ""))
 
 
 class StudyBar:
@@ -164,11 +172,16 @@ class StudyBar:
     def outcome(self, o) -> None:
         self.settled += 1
         eta = self._eta()
+        if getattr(o, "run_id", None):
+            from lipschitz_lab.runs.verdict import run_verdict
+            o_line = outcome_line(o, run_verdict(self.store, o.run_id).kind)
+        else:
+            o_line = outcome_line(o)
         if self.bar is None:
             tail = f"  {eta}" if eta else ""
-            print(f"[{self.settled}/{self.total}] {outcome_line(o)}{tail}", file=self.stream, flush=True)
+            print(f"[{self.settled}/{self.total}] {o_line}{tail}", file=self.stream, flush=True)
             return
-        self.bar.write(f"  {outcome_line(o)}", file=self.stream)
+        self.bar.write(f"  {o_line}", file=self.stream)
         self.bar.set_postfix_str(eta, refresh=False)
         self.bar.update(1)
 

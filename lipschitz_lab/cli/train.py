@@ -22,8 +22,9 @@ MEANINGS = {
     "lr_policy": "how the rate is chosen: lipschitz (lr = 1/L) or a baseline schedule or optimizer",
     "optimizer": "the update rule; with lipschitz, the follow-up paper's rate for it",
     "bound": "which bound sets the rate: paper (as published), corrected (the derived supremum), "
-             "strict (a rigorous bound on the last layer's gradient) or smooth (lr = c/beta, from the "
-             "smoothness supremum S2)",
+             "strict (a rigorous bound on the last layer's gradient), smooth (lr = c/beta, from the "
+             "smoothness supremum S2), curvature (lr = c/lambda_max of the whole network's Hessian) or "
+             "directional (the minimum of the quadratic along the step)",
     "kz": "the K_z definition: frobenius (||A||_F of the penultimate activations) or max_abs (max |a|)",
     "recompute": "when lr = 1/L is recomputed",
     "lr": "the rate of the baseline policies (lipschitz sets its own, 1/L)",
@@ -35,6 +36,17 @@ MEANINGS = {
     "seed": "seeds the weights, the splits and the batch order",
     "val_fraction": "share of the training set held out for validation",
     "device": "where to train",
+}
+
+
+#: what a field whose default is None does then (help says this, never "default: None")
+NONE_MEANS = {
+    "data_root": "$LIPSCHITZ_LAB_DATA, else ~/.local/share/lipschitz-lab/data",
+    "fixed_after": "none (recomputed all run long)",
+    "train_subset": "none (the whole training split)",
+    "max_steps": "none (every epoch to the end)",
+    "sharpness_every": "never (curvature rules: every 10 steps)",
+    "data_on_device": "on CUDA only",
 }
 
 
@@ -53,6 +65,9 @@ def register(sub) -> None:
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
     p.add_argument("--name", help="a name for the run")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's rule: --bound paper --recompute epoch (a --bound or --recompute flag "
+                        "still wins)")
     for name, f in _FIELDS.items():
         if name in _SKIP:
             continue
@@ -99,7 +114,8 @@ def _help_for(name: str) -> LaterHelp:
             parts.append(f"one of: {', '.join(options)}")
         default = _FIELDS[name].default
         default = None if default is dataclasses.MISSING else default
-        parts.append(f"default: {default}" + (f" ({why})" if why and name in MEANINGS else ""))
+        shown = NONE_MEANS.get(name, default) if default is None else default
+        parts.append(f"default: {shown}" + (f" ({why})" if why and name in MEANINGS else ""))
         return "; ".join(p for p in parts if p)
     return LaterHelp(text)
 
@@ -132,6 +148,9 @@ def load_loss_modules(paths) -> None:
 def build_config(args) -> TrainConfig:
     load_loss_modules(getattr(args, "loss_module", None) or [])
     data: dict = {}
+    if getattr(args, "paper", False):
+        from lipschitz_lab.config import PAPER_RULE
+        data.update(PAPER_RULE)
     if args.preset:
         if args.preset not in PRESETS:
             raise ConfigError(f"preset={args.preset!r}: unknown; choose one of {', '.join(PRESETS)}")
@@ -194,10 +213,14 @@ def run(args) -> int:
     if rank != 0:
         return 0
     print_table(result)
-    print(f"run {result.run_id}: {result.status}" + (f" ({result.reason})" if result.reason else ""))
+    from lipschitz_lab.runs import RunStore
+    from lipschitz_lab.runs.verdict import run_verdict
+    store = RunStore(result.store_path)
     if not args.no_report:
-        from lipschitz_lab.runs import RunStore
         from lipschitz_lab.ui.report import write_report
-        path = write_report(RunStore(result.store_path), result.run_id)
-        print(f"report: {path}")
+        print(f"report: {write_report(store, result.run_id)}")
+    # the last line: how it ended, and what happened (healthy, collapsed, blew up, ...)
+    said = run_verdict(store, result.run_id)
+    print(f"run {result.run_id}: " + (str(said) if said.kind == result.status
+                                       else f"{result.status} · {said}"))
     return 0   # finished, stopped and diverged are outcomes, recorded; a failure raised above

@@ -18,6 +18,8 @@ from lipschitz_lab._registry import check_options, registrar
 from lipschitz_lab.data.roots import DATA_ROOT_ENV, default_data_root  # noqa: F401 (re-exported)
 
 TASKS = ("multiclass", "binary", "regression")
+#: what a data set's x holds: float feature tensors, or int64 token ids (sequence models)
+INPUTS = ("features", "tokens")
 
 
 class DatasetNotFoundError(ValueError):
@@ -31,6 +33,10 @@ class DataSplits:
     ``x`` is float32 of shape ``input_shape``.  ``y`` is an int64 class index
     (multiclass), a float32 0./1. (binary) or a standardised float32 value
     (regression); each is a 0-d tensor, so a batch of targets has shape (B,).
+
+    Token sequences (``inputs="tokens"``, :mod:`.sequence`): ``x`` is int64 of shape
+    ``input_shape = (T,)`` and ``y`` int64 of shape (T,), the next token or
+    ``IGNORE_INDEX`` (-100) where nothing is scored; ``num_outputs`` is the vocabulary V.
     """
 
     name: str
@@ -43,10 +49,13 @@ class DataSplits:
     input_shape: tuple[int, ...]   # per example, e.g. (64,), (1, 28, 28), (3, 32, 32)
     target_mean: float = 0.0       # regression: the model sees (y - target_mean) / target_scale
     target_scale: float = 1.0      # ... so errors in original units are target_scale * error
+    inputs: str = "features"       # "tokens": (T,) int64 token ids, for a sequence model (tiny_gpt)
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}; got task={self.task!r}")
+        if self.inputs not in INPUTS:
+            raise ValueError(f"inputs must be one of {', '.join(INPUTS)}; got inputs={self.inputs!r}")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 Every registered model ends in an ``nn.Linear`` that is the last module in
 ``model.modules()``: the Lipschitz rule bounds the gradient of that layer, and
 the probe finds it by walking the modules.
+
+A model takes either feature tensors (the default) or token sequences, (B, T)
+int64 (:func:`takes_tokens`, e.g. ``tiny_gpt``); :func:`check_model_data` says in
+one line when a model and a data set do not fit.
 """
 from __future__ import annotations
 
@@ -19,6 +23,34 @@ MODELS: dict[str, Builder] = {}
 
 
 register_model = registrar(MODELS, "model")
+
+#: builders that take (B, T) int64 tokens rather than float features
+TOKEN_BUILDERS: set[Builder] = set()
+
+
+def takes_tokens(builder: Builder) -> Builder:
+    """Mark ``builder`` as a model of token sequences (stack it under ``@register_model``)."""
+    TOKEN_BUILDERS.add(builder)
+    return builder
+
+
+def model_inputs(name: str) -> str:
+    """``"tokens"`` for a model of token sequences, else ``"features"``."""
+    return "tokens" if MODELS.get(name) in TOKEN_BUILDERS else "features"
+
+
+def check_model_data(name: str, splits: Any) -> None:
+    """Raise ``ValueError`` naming both when model ``name`` cannot read data set ``splits``' inputs.
+
+    ``splits``: a :class:`~lipschitz_lab.data.DataSplits` (its ``name`` and ``inputs``).
+    """
+    have, want = getattr(splits, "inputs", "features"), model_inputs(name)
+    if have == want:
+        return
+    what = {"tokens": "token sequences", "features": "feature tensors"}
+    fits = sorted(n for n in MODELS if model_inputs(n) == have)
+    raise ValueError(f"model={name!r} takes {what[want]} but dataset={splits.name!r} gives {what[have]}; "
+                     f"choose model= one of {', '.join(fits)}, or another data set")
 
 
 def get_model(name: str | nn.Module, *, input_shape: tuple[int, ...] | None = None,
@@ -55,11 +87,14 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
 
 
 def default_model_for(splits_or_shape: Any) -> str:
-    """The model the paper would use: "mnist_cnn" for 1x28x28, "resnet20" for 3x32x32, else "mlp".
+    """The model the paper would use: "mnist_cnn" for 1x28x28, "resnet20" for 3x32x32, else "mlp";
+    "tiny_gpt" for token sequences.
 
     Accepts a :class:`~lipschitz_lab.data.DataSplits` (anything with
     ``input_shape``) or a shape tuple.
     """
+    if getattr(splits_or_shape, "inputs", "features") == "tokens":
+        return "tiny_gpt"
     shape = tuple(getattr(splits_or_shape, "input_shape", splits_or_shape))
     if shape == (1, 28, 28):
         return "mnist_cnn"

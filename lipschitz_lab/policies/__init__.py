@@ -9,7 +9,10 @@ classes, device, criterion).
 - :mod:`~lipschitz_lab.policies.lipschitz`: LipschitzLR (lr = lr_scale / L);
 - :mod:`~lipschitz_lab.policies.schedules`: constant, step, cosine, one-cycle;
 - :mod:`~lipschitz_lab.policies.baselines`: LR range test, Prodigy, D-Adaptation,
-  DoG, Schedule-Free SGD.
+  DoG, Schedule-Free SGD;
+- :mod:`~lipschitz_lab.policies.agd`: AGD, automatic gradient descent (Bernstein et al. 2023);
+- :mod:`~lipschitz_lab.policies.transformer`: nanoGPT's AdamW with warm-up and cosine,
+  Schedule-Free AdamW.
 
 All of them are registered when this package is imported, so ``POLICIES`` is
 complete wherever it is read.  ``register_policy`` adds one of your own.
@@ -23,6 +26,8 @@ from lipschitz_lab.config import ConfigError, TrainConfig
 from lipschitz_lab.policies import lipschitz  # noqa: F401,I001
 from lipschitz_lab.policies import schedules  # noqa: F401
 from lipschitz_lab.policies import baselines  # noqa: F401
+from lipschitz_lab.policies import agd  # noqa: F401
+from lipschitz_lab.policies import transformer  # noqa: F401
 from lipschitz_lab.policies.base import POLICIES, Policy, PolicyContext, make_optimizer, register_policy
 
 __all__ = ["POLICIES", "Policy", "PolicyContext", "build_policy", "make_optimizer", "register_policy"]

@@ -265,6 +265,14 @@ def schedulefree_sgd(config: TrainConfig, model: nn.Module, ctx: PolicyContext) 
         total = min(total, config.max_steps)
     opt = SGDScheduleFree(model.parameters(), lr=config.lr, momentum=0.9,
                           weight_decay=config.weight_decay, warmup_steps=max(0, math.ceil(0.05 * total)))
+    opt.train()
+    return _ScheduleFreePolicy(opt, on_train=opt.train, on_eval=schedule_free_eval(opt, model, ctx),
+                  info={"warmup_steps": opt.param_groups[0]["warmup_steps"]})
+
+
+def schedule_free_eval(opt, model: nn.Module, ctx: PolicyContext):
+    """A Schedule-Free policy's ``on_eval``: ``opt.eval()`` (the weights at x), then, with
+    BatchNorm, a few no-grad forwards in train mode that refresh its statistics at x."""
     refresh_bn = _has_batchnorm(model)
 
     def on_eval() -> None:
@@ -276,7 +284,4 @@ def schedulefree_sgd(config: TrainConfig, model: nn.Module, ctx: PolicyContext) 
                 for batch in itertools.islice(ctx.train_loader, BN_REFRESH_BATCHES):
                     model(batch[0].to(ctx.device))
             model.train(was_training)
-
-    opt.train()
-    return _ScheduleFreePolicy(opt, on_train=opt.train, on_eval=on_eval,
-                  info={"warmup_steps": opt.param_groups[0]["warmup_steps"]})
+    return on_eval

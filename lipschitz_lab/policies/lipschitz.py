@@ -9,7 +9,7 @@ from lipschitz_lab.policies.base import Policy, PolicyContext, make_optimizer, r
 
 def _lipschitz_scheduler(config: TrainConfig, model: nn.Module, optimizer, ctx: PolicyContext):
     from lipschitz_lab.bounds import bound_inputs
-    from lipschitz_lab.scheduler import LipschitzLR, SmoothOptions
+    from lipschitz_lab.scheduler import CurvatureOptions, LipschitzLR, SmoothOptions
     return LipschitzLR(optimizer, model, config.loss, num_classes=ctx.num_classes, bound=config.bound,
                        kz=config.kz, recompute=config.recompute, fixed_after=config.fixed_after,
                        min_lr=config.min_lr, max_lr=config.max_lr,
@@ -18,7 +18,9 @@ def _lipschitz_scheduler(config: TrainConfig, model: nn.Module, optimizer, ctx: 
                        loader=ctx.train_loader if config.exact_protocol else None,
                        variant_optimizer=config.optimizer,
                        smooth=SmoothOptions(c=config.smooth_c, layerwise=config.smooth_layerwise),
-                       measure_beta=config.measure_beta or config.bound == "smooth", log=ctx.log)
+                       measure_beta=config.measure_beta or config.bound == "smooth", log=ctx.log,
+                       sharpness_every=config.sharpness_every,
+                       curvature=CurvatureOptions(iters=config.sharpness_iters, c=config.smooth_c))
 
 
 @register_policy("lipschitz")

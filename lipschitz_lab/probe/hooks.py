@@ -1,7 +1,7 @@
 r"""The probe: the statistics behind L, measured by hooks during the normal step.
 
 A forward hook on the last layer sees its input, the penultimate activations
-:math:`A` (m rows; any trailing shape is flattened to m × d), and its output
+:math:`A` (every position of a (B, T, d) input is a row), and its output
 :math:`a^{[L]}`; after ``backward()`` the gradient maxima are read from ``.grad``.
 Nothing runs an extra pass, and only 0-d tensors are kept between the forward
 and the read.
@@ -15,55 +15,38 @@ and the read.
 
 where the Frobenius definition is the authors' code and ``max_abs`` the
 paper's text (eq. 6).  Several training forwards before one read (gradient
-accumulation) are measured as their union batch: squared norms and m add up,
-maxima take the max.  Under ``torch.distributed`` the same union rule runs
-across ranks (:mod:`lipschitz_lab.distributed`).
+accumulation) are measured as their union batch (:mod:`.accumulate`).  Under
+``torch.distributed`` the same union rule runs across ranks (:mod:`.layout`).
 
 :meth:`Probe.read_device` returns the step's numbers as one device vector
-(:class:`~lipschitz_lab.probe.stats.StepStats`) without waiting for the device;
-:meth:`Probe.read` is the same, decoded to plain numbers (one sync).  Only
-forwards with autograd enabled are measured: run validation under
+(:class:`~lipschitz_lab.probe.stats.StepStats`, laid out by name) without waiting
+for the device; :meth:`Probe.read` is the same, decoded to plain numbers (one sync).
+Only forwards with autograd enabled are measured: run validation under
 ``torch.no_grad()``.
+
+A last layer whose weight is tied to another module (a language model's ``lm_head``
+and its token embedding) has a ``.grad`` that sums both uses; the probe then
+measures the last layer's own share, :math:`\max|\delta^\top A|`, from its hooks.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from lipschitz_lab import distributed
 from lipschitz_lab.errors import DivergenceError
+from lipschitz_lab.probe.accumulate import StepSums
+from lipschitz_lab.probe.epoch import EpochMaxima
+from lipschitz_lab.probe.params import find_last_linear, first_tensor, trainable_parameters
 from lipschitz_lab.probe.scale import ScaleCheck
 from lipschitz_lab.probe.spectral import SIGMA_METHODS, PowerIteration
-from lipschitz_lab.probe.stats import EPOCH_SPAN, StepStats, decode, epoch_dict
+from lipschitz_lab.probe.stats import NO_GRAD, StepStats, decode, probe_layout
+from lipschitz_lab.probe.tied import OwnGradient, tied_parameters
 
 __all__ = ["Probe", "find_last_linear"]
-
-
-def find_last_linear(model: nn.Module, layer: str | None = None) -> tuple[str, nn.Module]:
-    """The layer whose input is the penultimate activation: ``layer`` by module
-    name, else the last ``nn.Linear`` in registration order."""
-    modules = dict(model.named_modules())
-    if layer is not None:
-        if layer not in modules:
-            raise ValueError(f"layer={layer!r} is not a module of the model; "
-                             f"modules: {', '.join(n for n in modules if n)}")
-        return layer, modules[layer]
-    linears = [(n, mod) for n, mod in modules.items() if isinstance(mod, nn.Linear)]
-    if not linears:
-        raise ValueError("layer=None but the model has no nn.Linear; name the last layer with layer=...")
-    return linears[-1]
-
-
-def _first_tensor(args: Iterable[Any]) -> torch.Tensor | None:
-    return next((a for a in args if isinstance(a, torch.Tensor)), None)
-
-
-def _add(old, new):   # a running sum that starts at the first term
-    return new if old is None else old + new
 
 
 class Probe:
@@ -72,7 +55,7 @@ class Probe:
     Usage, in a plain loop (the scheduler does this for you)::
 
         with Probe(model) as probe:
-            out = model(x); probe.observe_targets(y)   # targets: mse only
+            out = model(x); probe.observe_targets(y)   # targets: mse's ||y||, m with padding
             crit(out, y).backward()
             stats = probe.read()                       # before zero_grad()
             opt.step(); opt.zero_grad()
@@ -81,86 +64,75 @@ class Probe:
         model: any ``nn.Module`` (a DDP wrapper too).
         layer: module name of the last layer; ``None`` finds the last ``nn.Linear``.
         sync_distributed: all-reduce the statistics when ``torch.distributed``
-            is initialised (union-batch rule, see the module docstring).
+            is initialised (union-batch rule).
         sigma: measure σ_max([A, 1]) for the smoothness bound: ``"power"``,
             ``"frobenius"`` (see :mod:`~lipschitz_lab.probe.spectral`) or None.
         power_iters: power-iteration steps per training forward.
         scale_check: a :class:`~lipschitz_lab.probe.scale.ScaleCheck` to feed.
+        grad_scale: returns the loss scale of the backward in progress (a GradScaler's
+            scale tensor) or None; gradients read from hooks are divided by it.
     """
 
     def __init__(self, model: nn.Module, layer: str | None = None, *, sync_distributed: bool = True,
-                 sigma: str | None = None, power_iters: int = 4, scale_check: ScaleCheck | None = None):
+                 sigma: str | None = None, power_iters: int = 4, scale_check: ScaleCheck | None = None,
+                 grad_scale: Callable[[], torch.Tensor | None] | None = None):
         if sigma is not None and sigma not in SIGMA_METHODS:
             raise ValueError(f"sigma must be one of {', '.join(SIGMA_METHODS)} or None; got sigma={sigma!r}")
         self.model, self.sync_distributed, self.sigma = model, sync_distributed, sigma
         self.layer_name, self.layer = find_last_linear(model, layer)
-        self._power = PowerIteration(power_iters) if sigma == "power" else None
+        self.power = PowerIteration(power_iters) if sigma == "power" else None
         self.scale_check = scale_check
-        # parameters in a fixed order, with the owning module of each
-        self.param_names: list[str] = []
-        self._params: list[nn.Parameter] = []
-        self.owners: list[str] = []
-        seen: set[int] = set()
-        for mod_name, mod in model.named_modules():
-            for p_name, p in mod.named_parameters(recurse=False):
-                if p.requires_grad and id(p) not in seen:   # a tied weight counts once
-                    seen.add(id(p))
-                    self.param_names.append(f"{mod_name}.{p_name}" if mod_name else p_name)
-                    self._params.append(p)
-                    self.owners.append(mod_name or "(root)")
+        self.param_names, self._params, self.owners = trainable_parameters(model)
         last_ids = {id(p) for p in self.layer.parameters()}
         self.is_last = [id(p) in last_ids for p in self._params]
-        self._epoch: torch.Tensor | None = None    # running maxima of LAYOUT[:EPOCH_SPAN]
-        self._epoch_flags = (False, False)
+        tied = tied_parameters(model, self.layer)
+        self.own_grad = OwnGradient(grad_scale) if tied else None
+        if tied:                  # the tied weight's .grad holds both uses: not the last layer's
+            self.is_last = [last and id(p) not in tied for p, last in zip(self._params, self.is_last)]
+        self.layout = probe_layout(len(self._params), own_grad=tied,
+                                   check_size=scale_check.layout.size if scale_check is not None else 0)
+        self.epoch = EpochMaxima()
         self.last: dict[str, Any] | None = None    # the last read()
         self.reads = 0
-        self._measuring = False
+        self.measuring = False                      # the authors' eval pass (probe/measure.py)
+        self.sums = StepSums()
         self._w_snap: torch.Tensor | None = None
-        self._clear_step()
-        self._handle = self.layer.register_forward_hook(self._on_forward, with_kwargs=True)
+        self.handle = self.layer.register_forward_hook(self._on_forward, with_kwargs=True)
 
     # -- hooks ---------------------------------------------------------------
-    def _clear_step(self) -> None:
-        # 0-d tensors of the step being measured (None: nothing seen yet)
-        self._frob_sq = self._max_abs = self._K_a_sq = self._y_sq = self._sigma_sq = None
-        self._m = 0
-
     @torch.compiler.disable     # under torch.compile the hook runs eagerly, outside the graph
     def _on_forward(self, module, args, kwargs, output) -> None:
-        if not (torch.is_grad_enabled() or self._measuring):
+        if not (torch.is_grad_enabled() or self.measuring):
             return  # a validation forward: not part of the training step
-        a = _first_tensor(args) if args else _first_tensor(kwargs.values())
-        out = output if isinstance(output, torch.Tensor) else _first_tensor(output)
+        a = first_tensor(args) if args else first_tensor(kwargs.values())
+        out = output if isinstance(output, torch.Tensor) else first_tensor(output)
         if a is None:
             return
-        if out is not None and self.scale_check is not None and not self._measuring:
-            self.scale_check.capture(out)
+        training = not self.measuring
+        if out is not None and training and out.requires_grad:
+            if self.scale_check is not None:
+                self.scale_check.capture(out)
+            if self.own_grad is not None:
+                self.own_grad.capture(a, out)
         with torch.no_grad(), torch.autocast(a.device.type, enabled=False):
             a = a.detach()
-            acc = torch.float32 if a.dtype in (torch.float16, torch.bfloat16) else None
-            frob = torch.linalg.vector_norm(a, dtype=acc).double()   # K_z^2 would overflow float32 at 1.8e19
-            self._frob_sq = _add(self._frob_sq, frob * frob)
-            max_abs = torch.linalg.vector_norm(a, ord=math.inf, dtype=acc)
-            self._max_abs = max_abs if self._max_abs is None else torch.maximum(self._max_abs, max_abs)
+            self.sums.add_activations(a)
             if out is not None:
-                K_a = torch.linalg.vector_norm(out.detach(), dtype=acc).double()
-                self._K_a_sq = _add(self._K_a_sq, K_a * K_a)
-            if self._power is not None and not self._measuring:
-                self._sigma_sq = _add(self._sigma_sq, self._power.sigma_sq(a))   # union: λ_max(ΣBᵢᵀBᵢ) ≤ Σλᵢ
-            self._m += a.shape[0] if a.dim() > 0 else 1
+                self.sums.add_output(out)
+            if self.power is not None and training:
+                self.sums.add_sigma(self.power.sigma_sq(a))
 
     def observe_targets(self, y: torch.Tensor) -> None:
-        """Record ``||y||_2`` of this step's targets (mse needs it; the loss-scale check uses y)."""
-        if self.scale_check is not None and not self._measuring:
+        """This step's targets: ``||y||_2`` (mse), the targets that count (m), the loss-scale check."""
+        if self.scale_check is not None and not self.measuring:
             self.scale_check.targets(y)
         with torch.no_grad():
-            n = torch.linalg.vector_norm(y.detach().float()).double()
-            self._y_sq = _add(self._y_sq, n * n)
+            self.sums.add_targets(y)
 
     # -- reading -------------------------------------------------------------
     def has_batch(self) -> bool:
         """True when a training forward was measured since the last read."""
-        return self._frob_sq is not None
+        return not self.sums.empty
 
     def _w_max_tensor(self) -> torch.Tensor | None:
         if not self._params:
@@ -182,41 +154,56 @@ class Probe:
         """max ‖w‖ over single parameter tensors (biases and BatchNorm included); syncs."""
         return float(self.w_max_device())
 
+    def _grad_maxima(self, dev) -> tuple[list[int], torch.Tensor]:
+        """Which parameters have a gradient, and one maximum per parameter (NO_GRAD where none)."""
+        idx = [i for i, p in enumerate(self._params) if p.grad is not None]
+        if not self._params:
+            return idx, torch.zeros(0, dtype=torch.float64, device=dev)
+        grads = [self._params[i].grad.detach() for i in idx]
+        norms = iter(torch._foreach_norm(grads, math.inf) if idx else ())
+        none = torch.full((), NO_GRAD, dtype=torch.float64, device=dev)
+        return idx, torch.stack([next(norms).to(device=dev, dtype=torch.float64) if p.grad is not None
+                                 else none for p in self._params])
+
+    def _named(self, dev) -> dict[str, torch.Tensor]:
+        """This step's statistics by name, as device tensors (the layout packs them)."""
+        s, zero = self.sums, torch.zeros((), dtype=torch.float64, device=dev)
+        sigma_sq = s.sigma_sq
+        if sigma_sq is None and self.sigma == "frobenius":
+            sigma_sq = s.frob_sq + s.rows          # ‖[A, 1]‖_F² ≥ σ_max²
+        w = self._w_snap if self._w_snap is not None else self._w_max_tensor()
+        return {"frob_sq": s.frob_sq, "K_a_sq": s.K_a_sq if s.K_a_sq is not None else zero,
+                "y_sq": s.y_sq if s.y_sq is not None else zero, "rows": zero + s.rows,
+                "counted": s.counted if s.counted is not None else zero,
+                "sigma_sq": sigma_sq if sigma_sq is not None else zero, "max_abs": s.max_abs,
+                "w_max": w if w is not None else zero}
+
     def read_device(self, *, update_epoch: bool = True) -> StepStats | None:
         """The step's statistics as one device vector (no sync), or None without a forward.
 
         Call it after ``backward()`` and before ``zero_grad()``.  ``update_epoch=False``
         leaves the epoch's running maxima alone (a step the optimizer skipped).
         """
-        if self._frob_sq is None:
+        if self.sums.empty:
             return None
-        dev = self._frob_sq.device
-        zero = torch.zeros((), dtype=torch.float64, device=dev)
-        has = (self._K_a_sq is not None, self._y_sq is not None, self._sigma_sq is not None or self.sigma is not None)
-        sigma_sq = self._sigma_sq
-        if sigma_sq is None and self.sigma == "frobenius":
-            sigma_sq = self._frob_sq + self._m      # ‖[A, 1]‖_F² ≥ σ_max²
-        idx = [i for i, p in enumerate(self._params) if p.grad is not None]
-        grads = [self._params[i].grad.detach() for i in idx]
-        g = list(torch._foreach_norm(grads, math.inf)) if grads else []
-        w = self._w_snap if self._w_snap is not None else self._w_max_tensor()
+        s, dev = self.sums, self.sums.frob_sq.device
+        named = self._named(dev)
+        idx, named["grad"] = self._grad_maxima(dev)
+        if self.own_grad is not None:
+            named["own_grad"] = self.own_grad.take(dev)
+        check = self.scale_check.reduce(dev) if self.scale_check is not None else None
+        if self.scale_check is not None:
+            named["check"] = check if check is not None else self.scale_check.layout.zeros(dev)
+        values = self.layout.pack(named, device=dev)
+        if self.sync_distributed:
+            values = self.layout.all_reduce(values)
+        stats = StepStats(values, self.layout, idx, s.rows, s.K_a_sq is not None, s.y_sq is not None,
+                          s.sigma_sq is not None or self.sigma is not None, s.counted is not None,
+                          check is not None)
         self._w_snap = None
-        sums = [self._frob_sq, self._K_a_sq if has[0] else zero, self._y_sq if has[1] else zero,
-                torch.full((), float(self._m), dtype=torch.float64, device=dev),
-                sigma_sq if sigma_sq is not None else zero]
-        maxes = [self._max_abs, w if w is not None else zero, *g]
-        S = torch.stack(sums)
-        M = torch.stack([t.to(device=dev) for t in maxes]).to(torch.float64)
-        if self.sync_distributed and distributed.is_distributed():
-            distributed.all_reduce_sum_max(S, M)
-        values = torch.cat([S, M])
-        scale = self.scale_check.reduce() if self.scale_check is not None else None
-        if scale is not None:
-            values = torch.cat([values, scale.to(dev)])
-        stats = StepStats(values, idx, self._m, has[0], has[1], has[2], scale)
-        self._clear_step()
+        s.clear()
         if update_epoch:
-            self.update_epoch(stats)
+            self.epoch.update(stats)
         self.reads += 1
         return stats
 
@@ -241,38 +228,16 @@ class Probe:
         self.last = out
         return out
 
-    # -- an epoch's running maxima -------------------------------------------
-    def update_epoch(self, stats: StepStats) -> None:
-        """Fold a step into the epoch's running maxima (read_device does it by default)."""
-        head = stats.values[:EPOCH_SPAN]
-        self._epoch = head if self._epoch is None else torch.maximum(self._epoch, head)
-        self._epoch_flags = (stats.has_K_a, stats.has_y)
-
-    def take_epoch_max(self) -> tuple[torch.Tensor | None, tuple[bool, bool]]:
-        """The epoch's running maxima (device vector, LAYOUT[:EPOCH_SPAN]) and (has K_a, has y); resets."""
-        done, flags = self._epoch, self._epoch_flags
-        self._epoch = None
-        return done, flags
-
-    def put_epoch_max(self, values: list[float] | None, flags: tuple[bool, bool]) -> None:
-        """Restore running maxima saved as plain numbers (a resume mid-epoch)."""
-        self._epoch = None if values is None else torch.tensor(values, dtype=torch.float64)
-        self._epoch_flags = tuple(flags)
-
-    def epoch_max_values(self) -> list[float] | None:
-        """The running maxima as plain numbers (syncs), for a checkpoint."""
-        return None if self._epoch is None else self._epoch.tolist()
+    # -- an epoch's running maxima (probe/epoch.py) -----------------------------
     @property
     def epoch_max(self) -> dict[str, float]:
         """The epoch's running maxima by name (syncs); {} before the first read."""
-        if self._epoch is None:
-            return {}
-        return epoch_dict(self._epoch.tolist(), *self._epoch_flags)
+        return self.epoch.plain()
 
     def reset_epoch(self) -> dict[str, float]:
         """Start a new epoch's running maxima; returns the finished epoch's (syncs)."""
         done = self.epoch_max
-        self._epoch = None
+        self.epoch.take()
         return done
 
     # -- the authors' extra pass ---------------------------------------------
@@ -282,13 +247,23 @@ class Probe:
         from lipschitz_lab.probe.measure import measure
         return measure(self, loader, device=device, label=label)
 
-    # -- lifetime ------------------------------------------------------------
+    # -- state and lifetime ---------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain numbers: the epoch's running maxima and the power iteration's vector (syncs)."""
+        return {"epoch": self.epoch.state_dict(),
+                "power_v": None if self.power is None or self.power.v is None else self.power.v.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.epoch.load_state_dict(state["epoch"], device)
+        if state.get("power_v") is not None and self.power is not None:
+            self.power.v = torch.tensor(state["power_v"], dtype=torch.float64, device=device)
+
     def detach(self) -> None:
         """Remove the hook; the probe measures nothing afterwards."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        self._clear_step()
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        self.sums.clear()
 
     def __enter__(self) -> Probe:
         return self

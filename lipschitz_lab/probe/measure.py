@@ -9,6 +9,7 @@ import torch
 
 from lipschitz_lab import distributed
 from lipschitz_lab.errors import DivergenceError
+from lipschitz_lab.probe.accumulate import StepSums
 from lipschitz_lab.probe.stats import nonfinite
 
 __all__ = ["measure"]
@@ -17,19 +18,20 @@ __all__ = ["measure"]
 def _batch_rows(probe, loader, device) -> tuple[list[torch.Tensor], list[torch.Tensor], bool]:
     """One (sums, maxima) row per batch: [‖A‖², ‖a‖², ‖y‖², m] and [max|A|]."""
     rows_sum, rows_max, saw_y = [], [], False
+    sums = probe.sums
     for batch in loader:
         x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-        probe._clear_step()
+        sums.clear()
         if y is not None and torch.is_floating_point(y):
             probe.observe_targets(y)
             saw_y = True
         probe.model(x.to(device))
-        if probe._frob_sq is None:
+        if sums.empty:
             raise RuntimeError(f"the forward never reached layer {probe.layer_name!r}")
-        z = torch.zeros((), dtype=torch.float64, device=probe._frob_sq.device)
+        z = torch.zeros((), dtype=torch.float64, device=sums.frob_sq.device)
         rows_sum.append(torch.stack([t.double() if t is not None else z for t in (
-            probe._frob_sq, probe._K_a_sq, probe._y_sq)] + [z + probe._m]))
-        rows_max.append(probe._max_abs.double().reshape(1))
+            sums.frob_sq, sums.K_a_sq, sums.y_sq)] + [z + sums.rows]))
+        rows_max.append(sums.max_abs.double().reshape(1))
     return rows_sum, rows_max, saw_y
 
 
@@ -41,17 +43,17 @@ def measure(probe, loader: Iterable, *, device: torch.device | str | None = None
     if device is None:
         first = next(probe.model.parameters(), None)
         device = first.device if first is not None else "cpu"
-    saved = (probe._frob_sq, probe._max_abs, probe._K_a_sq, probe._y_sq, probe._sigma_sq, probe._m)
+    saved, probe.sums = probe.sums, StepSums()      # a training step in progress stays as it was
     was_training = probe.model.training
-    probe._measuring = True
+    probe.measuring = True
     probe.model.eval()
     try:
         with torch.no_grad():
             rows_sum, rows_max, saw_y = _batch_rows(probe, loader, device)
     finally:
-        probe._measuring = False
+        probe.measuring = False
         probe.model.train(was_training)
-        (probe._frob_sq, probe._max_abs, probe._K_a_sq, probe._y_sq, probe._sigma_sq, probe._m) = saved
+        probe.sums = saved
     if not rows_sum:
         raise ValueError("loader is empty")
     S, M = torch.stack(rows_sum), torch.stack(rows_max)

@@ -1,58 +1,102 @@
-r"""The numbers one step measures: their layout on the device, and their decoding on the host.
+r"""The numbers one step measures: their names, their layout on the device, and their decoding.
 
-One float64 vector per step holds, in this order,
+One float64 vector per step (:class:`~lipschitz_lab.probe.layout.StatLayout`) holds
 
-====================  =========================================================
-``frob_sq``           :math:`\|A\|_F^2` of the penultimate activations A
-``K_a_sq``            :math:`\|a^{[L]}\|_2^2` of the last layer's output
-``y_sq``              :math:`\|y\|_2^2` of the targets (mse)
-``m``                 the rows of A (the union batch under torch.distributed)
-``sigma_sq``          :math:`\sigma_{\max}([A, 1])^2`, when measured (see :mod:`.spectral`)
-``max_abs``           :math:`\max_{ij}|A_{ij}|`
-``w_max``             :math:`\max_\ell \|w_\ell\|` over parameter tensors
-gradient maxima       :math:`\max|\partial E/\partial w|`, one per parameter tensor
-====================  =========================================================
+====================  ======  =========================================================
+``frob_sq``           sum     :math:`\|A\|_F^2` of the penultimate activations A (all rows)
+``K_a_sq``            sum     :math:`\|a^{[L]}\|_2^2` of the last layer's output
+``y_sq``              sum     :math:`\|y\|_2^2` of the targets (mse)
+``rows``              sum     the rows of A: the batch, or batch × positions for (B, T, d)
+``counted``           sum     the targets the loss averages: class targets that are not ignored
+``sigma_sq``          sum     :math:`\sigma_{\max}([A, 1])^2`, when measured (see :mod:`.spectral`)
+``max_abs``           max     :math:`\max_{ij}|A_{ij}|`
+``w_max``             max     :math:`\max_\ell \|w_\ell\|` over parameter tensors
+``grad``              max     :math:`\max|\partial E/\partial w|`, one per parameter tensor (-1: no gradient)
+``own_grad``          max     the last layer's own :math:`\max|\delta^\top A|` when its weight is tied
+``check``             local   the loss-scale check's dot products (:mod:`.scale`), on every step
+====================  ======  =========================================================
 
-The first five add up over micro-batches and ranks (squared norms and m); the
-rest take the max.  So one SUM and one MAX all-reduce give every rank the union
-batch's statistics (:mod:`lipschitz_lab.distributed`).  The first six are the
-ones the paper's per-epoch rate keeps running maxima of (``EPOCH_SPAN``).
+The sums add up over micro-batches and ranks, the maxima take the max; so one SUM
+and one MAX all-reduce give every rank the union batch's statistics.  ``check`` stays
+each rank's own.  An epoch keeps running maxima of :data:`EPOCH_FIELDS`.
+
+m, the number of terms the loss averages, is ``counted`` when class targets reached the
+probe (``observe``, ``wrap_loss``), else ``rows``.  With padding (``ignore_index``) it is
+the tokens that count; K_z still runs over every row (docs/recipes.md says why that bounds).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-#: the leading entries of a step's vector (then one gradient maximum per parameter tensor)
-LAYOUT = ("frob_sq", "K_a_sq", "y_sq", "m", "sigma_sq", "max_abs", "w_max")
-N_SUMS = 5          # LAYOUT[:5] add up across micro-batches and ranks, the rest take the max
-EPOCH_SPAN = 6      # LAYOUT[:6]: the statistics whose running maximum an epoch keeps
-#: the statistics an epoch's running maxima report, by name (Probe.epoch_max, the rate per epoch)
-EPOCH_STATS = ("K_z_frobenius", "K_z_max_abs", "m", "K_a", "y_norm")
+from lipschitz_lab import _ops
+from lipschitz_lab.probe.layout import Field, StatLayout
+
+__all__ = ["EPOCH_FIELDS", "StepStats", "probe_layout", "bound_inputs", "decode", "nonfinite"]
+
+#: the statistics whose running maximum an epoch keeps (the paper's per-epoch rate reads them)
+EPOCH_FIELDS = ("frob_sq", "K_a_sq", "y_sq", "rows", "counted", "sigma_sq", "max_abs")
+#: a gradient maximum that says "this parameter has no gradient this step"
+NO_GRAD = -1.0
+
+
+def probe_layout(n_params: int, *, check_size: int = 0, own_grad: bool = False) -> StatLayout:
+    """The layout of a probe's step vector: ``n_params`` gradient maxima, the check's numbers."""
+    fields = [Field("frob_sq", "sum"), Field("K_a_sq", "sum"), Field("y_sq", "sum"), Field("rows", "sum"),
+              Field("counted", "sum"), Field("sigma_sq", "sum"), Field("max_abs", "max"),
+              Field("w_max", "max"), Field("grad", "max", n_params)]
+    if own_grad:
+        fields.append(Field("own_grad", "max"))
+    if check_size:
+        fields.append(Field("check", "local", check_size))
+    return StatLayout(fields)
 
 
 @dataclass
 class StepStats:
     """One step's statistics, still on the device (reading them costs nothing)."""
 
-    values: torch.Tensor              # float64, LAYOUT then the gradient maxima
-    grad_index: list[int]             # which parameter each gradient maximum belongs to
-    m: int                            # this process's rows (values[3] is the union over ranks)
+    values: torch.Tensor              # float64, laid out by ``layout``
+    layout: StatLayout
+    grad_index: list[int]             # the parameters that had a gradient this step
+    rows: int                         # this process's rows (``values``' rows are the union over ranks)
     has_K_a: bool
     has_y: bool
     has_sigma: bool
-    scale: torch.Tensor | None = None  # <g, o>, <o, o>, <g, g> of the loss-scale check, or None
+    has_counted: bool = False         # class targets reached the probe: m = counted
+    has_check: bool = False           # a loss-scale check step: ``check`` holds its numbers
 
-    def K_z(self, kz: str) -> torch.Tensor:
-        """K_z in the given definition, as a 0-d device tensor."""
-        return self.values[0].sqrt() if kz == "frobenius" else self.values[5]
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.layout.get(self.values, name)
 
-    def get(self, name: str) -> torch.Tensor:
-        i = LAYOUT.index(name)
-        return self.values[i]
+    def flags(self) -> dict[str, bool]:
+        return {"has_K_a": self.has_K_a, "has_y": self.has_y, "has_sigma": self.has_sigma,
+                "has_counted": self.has_counted}
+
+    def bound_inputs(self, kz: str) -> dict[str, Any]:
+        """The 0-d device tensors the bounds take: m, K_z, K_a, ‖y‖, σ_max."""
+        named = {n: self[n] for n in EPOCH_FIELDS}
+        return bound_inputs(named, kz=kz, **self.flags())
+
+
+def bound_inputs(named: Mapping[str, Any], *, kz: str | None, has_K_a: bool, has_y: bool, has_sigma: bool,
+                 has_counted: bool) -> dict[str, Any]:
+    """Statistics by name (device tensors or floats) as the bounds take them.
+
+    ``kz=None`` gives both K_z definitions (``K_z_frobenius``, ``K_z_max_abs``)."""
+    def root(x):
+        return _ops.sqrt(x)
+    out: dict[str, Any] = {"m": named["counted"] if has_counted else named["rows"]}
+    for name in ("frobenius", "max_abs") if kz is None else (kz,):
+        out[f"K_z_{name}"] = root(named["frob_sq"]) if name == "frobenius" else named["max_abs"]
+    out["K_a"] = root(named["K_a_sq"]) if has_K_a else None
+    out["y_norm"] = root(named["y_sq"]) if has_y else None
+    out["sigma_max"] = root(named["sigma_sq"]) if has_sigma else None
+    return out
 
 
 def _bad(value: float) -> str | None:
@@ -63,7 +107,8 @@ def _bad(value: float) -> str | None:
     return None
 
 
-def nonfinite(label: str, layer: str, named: dict[str, float], grads: list[tuple[str, float]]) -> str | None:
+def nonfinite(label: str, layer: str, named: Mapping[str, float],
+              grads: list[tuple[str, float]]) -> str | None:
     """The first NaN/inf quantity, in the order the step computes them, as a message."""
     for name, key, what in (("K_z", "frob_sq", f"activations of layer {layer!r}"),
                             ("K_z", "max_abs", f"activations of layer {layer!r}"),
@@ -80,47 +125,45 @@ def nonfinite(label: str, layer: str, named: dict[str, float], grads: list[tuple
     return f"{label}: w_max is {bad} (weights)" if bad else None
 
 
+def _grad_maxima(named, stats: StepStats, *, params, owners, is_last, last_name):
+    """(grads for the NaN check, grad_layers, grad_last) from the per-parameter maxima."""
+    grads = [(params[i], named["grad"][i]) for i in stats.grad_index]
+    grad_layers: dict[str, float] = {}
+    grad_last = None
+    for i in stats.grad_index:
+        v = named["grad"][i]
+        grad_layers[owners[i]] = max(grad_layers.get(owners[i], 0.0), v)
+        if is_last[i]:
+            grad_last = v if grad_last is None else max(grad_last, v)
+    if "own_grad" in named:             # a tied last layer: its own share, δᵀA, by its own name
+        own = named["own_grad"]
+        grad_layers[last_name] = max(grad_layers.get(last_name, 0.0), own)
+        grad_last = own if grad_last is None else max(grad_last, own)
+    return grads, grad_layers, grad_last
+
+
 def decode(stats: StepStats, values: list[float], *, label: str, layer: str, params: list[str],
            owners: list[str], is_last: list[bool]) -> dict[str, Any]:
     """The step's statistics as plain numbers (the record's fields), with ``nonfinite``."""
-    named = dict(zip(LAYOUT, values))
+    named = stats.layout.unpack(values)
     if not stats.has_K_a:
         named["K_a_sq"] = 0.0
     if not stats.has_y:
         named["y_sq"] = 0.0
-    g_vals = values[len(LAYOUT):len(LAYOUT) + len(stats.grad_index)]
-    grads = [(params[i], v) for i, v in zip(stats.grad_index, g_vals)]
-    bad = nonfinite(label, layer, named, grads)
-    grad_layers: dict[str, float] = {}
-    grad_last = None
-    for i, v in zip(stats.grad_index, g_vals):
-        grad_layers[owners[i]] = max(grad_layers.get(owners[i], 0.0), v)
-        if is_last[i]:
-            grad_last = v if grad_last is None else max(grad_last, v)
+    grads, grad_layers, grad_last = _grad_maxima(named, stats, params=params, owners=owners,
+                                                 is_last=is_last, last_name=layer)
+    plain = bound_inputs(named, kz=None, **stats.flags())
     out = {
-        "m": int(round(named["m"])),
-        "K_z_frobenius": math.sqrt(named["frob_sq"]),      # sqrt keeps nan and inf as they are
-        "K_z_max_abs": named["max_abs"],
-        "K_a": math.sqrt(named["K_a_sq"]) if stats.has_K_a else None,
-        "y_norm": math.sqrt(named["y_sq"]) if stats.has_y else None,
-        "sigma_max": math.sqrt(named["sigma_sq"]) if stats.has_sigma else None,
+        "m": int(round(plain["m"])),
+        "rows": int(round(named["rows"])),
+        "K_z_frobenius": plain["K_z_frobenius"],             # sqrt keeps nan and inf as they are
+        "K_z_max_abs": plain["K_z_max_abs"],
+        "K_a": plain["K_a"], "y_norm": plain["y_norm"], "sigma_max": plain["sigma_max"],
         "w_max": named["w_max"],
         "grad_last": grad_last,
         "grad_layers": grad_layers,
-        "nonfinite": bad,
+        "nonfinite": nonfinite(label, layer, named, grads),
     }
-    if stats.scale is not None:
-        ro, oo, rr = values[-3:]
-        out["loss_scale_check"] = {"ro": ro, "oo": oo, "rr": rr, "m": stats.m}
-    return out
-
-
-def epoch_dict(values: list[float], has_K_a: bool, has_y: bool) -> dict[str, float]:
-    """An epoch's running maxima (``values`` = LAYOUT[:EPOCH_SPAN]) by name, as the paper's rate reads them."""
-    frob_sq, K_a_sq, y_sq, m, _sigma_sq, max_abs = values
-    out = {"K_z_frobenius": math.sqrt(frob_sq), "K_z_max_abs": max_abs, "m": int(round(m))}
-    if has_K_a:
-        out["K_a"] = math.sqrt(K_a_sq)
-    if has_y:
-        out["y_norm"] = math.sqrt(y_sq)
+    if stats.has_check:
+        out["check"] = {"values": named["check"], "rows": stats.rows}
     return out

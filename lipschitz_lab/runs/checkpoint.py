@@ -21,16 +21,23 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     A crash mid-save leaves the previous checkpoint (or none), never a torn one:
     ``os.replace`` within one folder is atomic on POSIX and Windows.
     """
-    return _atomic(path, lambda f: torch.save(state, f))
+    return publish(stage_checkpoint(path, state), path)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Bytes to ``path``, all or nothing, as :func:`save_checkpoint` (a checkpoint shipped
-    from a study's worker to the driver lands this way)."""
-    return _atomic(path, lambda f: f.write(data))
+    """Bytes to ``path``, all or nothing, as :func:`save_checkpoint`."""
+    return publish(stage(path, lambda f: f.write(data)), path)
 
 
-def _atomic(path: str | os.PathLike, write) -> Path:
+def stage_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """The first half of :func:`save_checkpoint`: ``state`` in a temp file beside ``path``, on
+    the disk; :func:`publish` (or a run store's ``publish_checkpoint``, which checks the run's
+    lease in the same transaction) puts it in place."""
+    return stage(path, lambda f: torch.save(state, f))
+
+
+def stage(path: str | os.PathLike, write) -> Path:
+    """``write(file)`` into a temp file beside ``path``, flushed to the disk; its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -39,9 +46,19 @@ def _atomic(path: str | os.PathLike, write) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())  # the bytes reach the disk before the name points at them
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def publish(staged: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Rename a staged file to ``path`` (atomic within one folder) and make the rename durable."""
+    path = Path(path)
+    try:
+        os.replace(staged, path)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
     return path

@@ -248,9 +248,29 @@ class RunStore(RecordsMixin):
         return self.path.parent / "checkpoints" / f"{run_id}.pt"
 
     def checkpoint_saved(self, run_id: str, path: str | os.PathLike, epoch: int) -> None:
-        """The trainer wrote the checkpoint of ``epoch`` to ``path``: register it as the run's
-        ``checkpoint`` artifact.  (A worker's proxy ships the file to the driver here instead.)"""
+        """The checkpoint of ``epoch`` is at ``path``: register it as the run's ``checkpoint`` artifact."""
         self.add_artifact(run_id, "checkpoint", path)
+
+    def publish_checkpoint(self, run_id: str, staged: str | os.PathLike, epoch: int) -> Path:
+        """Move the checkpoint of ``epoch``, written to ``staged`` (:func:`~lipschitz_lab.runs.checkpoint.
+        stage_checkpoint`), to :meth:`checkpoint_path` and register it, in one write transaction:
+        a :class:`~lipschitz_lab.runs.leases.LeasedStore` checks the run's lease in that same
+        transaction, so a launcher that lost the run replaces no file.  (A worker's proxy ships the
+        bytes to the driver here instead.)  The staged file is gone afterwards, either way."""
+        from lipschitz_lab.runs.checkpoint import publish
+        path = self.checkpoint_path(run_id)
+
+        def move(conn: sqlite3.Connection) -> Path:
+            self._require(conn, run_id)
+            publish(staged, path)
+            conn.execute("INSERT OR REPLACE INTO artifacts (run_id, kind, path) VALUES (?, ?, ?)",
+                         (run_id, "checkpoint", os.fspath(path)))
+            return path
+
+        try:
+            return self._write(move)
+        finally:
+            Path(staged).unlink(missing_ok=True)
 
 
 _RUN_SELECT = "SELECT id, name, study, key, config, status, reason, created, updated FROM runs"

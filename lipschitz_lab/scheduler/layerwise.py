@@ -16,6 +16,9 @@ weights is its Gauss–Newton part :math:`\sum_i \tilde a_i\tilde a_i^\top \otim
 J_i^\top H_i J_i`, and :math:`\|J_i\| \le \prod_{j>\ell}\rho_j\|W_j\|_2`,
 :math:`\|H_i\| \le S_2`.  For the last layer the product is empty and
 :math:`\beta_L` is the smoothness bound of :mod:`lipschitz_lab.probe.spectral`.
+Both factors are measured from above on every step: σ_max by the probe's Collatz–Wielandt
+power iteration, ‖W_j‖₂ by :func:`weight_norm_sq` (a trace of a power of the Gram matrix),
+so β_ℓ is an upper bound of that Gauss–Newton bound, not an estimate of it.
 
 Assumptions and where it fails (docs/smoothness.md): it bounds each layer's own block
 of the Hessian, not the coupling between layers (a joint step with every layer at its
@@ -31,28 +34,44 @@ from torch import nn
 
 from lipschitz_lab.probe.spectral import PowerIteration
 
-__all__ = ["LayerwiseSmoothness"]
+__all__ = ["LayerwiseSmoothness", "weight_norm_sq", "SQUARINGS"]
 
 #: activations that are 1-Lipschitz elementwise (so they do not grow the Jacobian)
 _ONE_LIPSCHITZ = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Flatten, nn.GELU, nn.SiLU)
 
 
-class _WeightNorm:
-    """‖W‖₂ by power iteration on WᵀW, warm-started (one matvec pair per step)."""
+#: squarings of the Gram matrix in :func:`weight_norm_sq`: k = 2**5 = 32, so the bound is at most
+#: rank**(1/32) times ‖W‖₂² (≤ 1.14 for rank 64, ≤ 1.22 for rank 512), and within 1 % on trained MLPs
+SQUARINGS = 5
 
-    def __init__(self):
-        self.v: torch.Tensor | None = None
 
-    @torch.no_grad()
-    def norm_sq(self, W: torch.Tensor) -> torch.Tensor:
-        W = W.detach().float()
-        v = self.v if self.v is not None and self.v.shape[0] == W.shape[1] else torch.full(
-            (W.shape[1],), W.shape[1] ** -0.5, device=W.device)
-        for _ in range(2):
-            w = W.T @ (W @ v)
-            v = w / w.norm().clamp_min(1e-30)
-        self.v = v
-        return (W @ v).square().sum().double()
+@torch.no_grad()
+def weight_norm_sq(W: torch.Tensor, squarings: int = SQUARINGS) -> torch.Tensor:
+    r"""An upper bound on :math:`\|W\|_2^2`, as a float64 0-d tensor on W's device (no sync).
+
+    .. math::
+
+        \|W\|_2^2 = \lambda_{\max}(G) \le \operatorname{tr}(G^k)^{1/k} \le r^{1/k}\,\lambda_{\max}(G),
+        \qquad G = W W^\top \text{ or } W^\top W \text{ (the smaller)},\ k = 2^{\text{squarings}}
+
+    because :math:`\operatorname{tr}(G^k) = \sum_i \lambda_i^k` for the PSD G of rank r.  G^k
+    comes from repeated squaring, each square divided by its trace :math:`t_j` so nothing
+    overflows: :math:`\operatorname{tr}(G^k)^{1/k} = t_0 \prod_{j=1}^{p} t_j^{2^{-j}}`.  Unlike
+    a power iteration (which approaches ‖W‖₂ from below), it bounds ‖W‖₂ on every step, from
+    the weights alone: there is no state to carry across steps or into a checkpoint.  Float64:
+    the bound holds to rounding.
+    """
+    W = W.detach().double()
+    G = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
+    t0 = torch.diagonal(G).sum()
+    M = G / t0.clamp_min(torch.finfo(G.dtype).tiny)
+    log_bound = torch.log(t0)
+    for j in range(1, squarings + 1):
+        M = M @ M
+        t = torch.diagonal(M).sum()
+        M = M / t
+        log_bound = log_bound + torch.log(t) / 2 ** j
+    return torch.where(t0 > 0, torch.exp(log_bound), torch.zeros_like(t0))
 
 
 def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -85,7 +104,6 @@ class LayerwiseSmoothness:
                 self.rho.append(factor)
                 factor = 1.0
         self._power = [PowerIteration(power_iters) for _ in self.layers]
-        self._norms = [_WeightNorm() for _ in self.layers]
         self._sigma_sq: list[torch.Tensor | None] = [None] * len(self.layers)
         self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
 
@@ -111,13 +129,29 @@ class LayerwiseSmoothness:
 
     def betas(self) -> torch.Tensor:
         """σ_max([A_ℓ, 1])² · Π_{j>ℓ} (ρ_j‖W_j‖₂)² per layer (multiply by S₂); resets the step."""
-        sq = [n.norm_sq(layer.weight) * r * r for n, layer, r in zip(self._norms, self.layers, self.rho)]
+        sq = [weight_norm_sq(layer.weight) * r * r for layer, r in zip(self.layers, self.rho)]
         sigma = torch.stack([s if s is not None else torch.zeros_like(sq[0]) for s in self._sigma_sq])
         self._sigma_sq = [None] * len(self.layers)
         downstream = torch.ones_like(sigma)
         for i in range(len(self.layers) - 2, -1, -1):            # Π over the layers after ℓ
             downstream[i] = downstream[i + 1] * sq[i + 1]
         return sigma * downstream
+
+    def state_dict(self) -> dict:
+        """The warm-start vector of every layer's σ_max power iteration and the step's sums so far,
+        as plain numbers: a resume continues them, so its records equal an uninterrupted run's.
+        (The weight norms keep no state.)"""
+        return {"power_v": [None if p.v is None else p.v.tolist() for p in self._power],
+                "sigma_sq": [None if s is None else s.item() for s in self._sigma_sq]}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        if len(state["power_v"]) != len(self._power):
+            raise ValueError(f"layerwise state for {len(state['power_v'])} layers; this model has "
+                             f"{len(self._power)} Linear layers")
+        for p, v in zip(self._power, state["power_v"]):
+            p.v = None if v is None else torch.tensor(v, dtype=torch.float64, device=device)
+        self._sigma_sq = [None if s is None else torch.tensor(s, dtype=torch.float64, device=device)
+                          for s in state.get("sigma_sq", [None] * len(self._power))]
 
     def detach(self) -> None:
         for h in self._handles:

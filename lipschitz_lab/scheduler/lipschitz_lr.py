@@ -2,6 +2,7 @@ r"""LipschitzLR: the learning rate lr = 1/L of Yedida & Saha (2019), as a torch 
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -9,20 +10,22 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from lipschitz_lab.bounds import VARIANTS, bound_inputs, lipschitz_bound, smoothness_bound
-from lipschitz_lab.optim_variants import BoundEMA
 from lipschitz_lab.probe import Probe
 from lipschitz_lab.probe.scale import ScaleCheck
-from lipschitz_lab.records import Record, Subscriber
-from lipschitz_lab.scheduler import checks, transitions
-from lipschitz_lab.scheduler.options import EMAOptions, SmoothOptions
-from lipschitz_lab.scheduler.rate import lr_mode, tensorize, write_group_rates, write_rate
-from lipschitz_lab.steplog import StepLog
+from lipschitz_lab.scheduler import checks, saved
+from lipschitz_lab.scheduler.instruments import check_sharpness, curvature_monitor
+from lipschitz_lab.scheduler.options import CurvatureOptions, EMAOptions, SmoothOptions
+from lipschitz_lab.scheduler.rate import RATE, device_of
+from lipschitz_lab.scheduler.rule import RateRule
+from lipschitz_lab.scheduler.scaler import grad_scale_of
+from lipschitz_lab.scheduler.state import RateState
+from lipschitz_lab.scheduler.stream import RecordStream
+from lipschitz_lab.steplog import StepLog, deliver_at_exit
 
 __all__ = ["LipschitzLR"]
 
 
-class LipschitzLR(LRScheduler):
+class LipschitzLR(RecordStream, LRScheduler):
     r"""Sets the learning rate of every param group to the inverse of the
     Lipschitz bound of the loss, measured on the training batches.
 
@@ -36,10 +39,15 @@ class LipschitzLR(LRScheduler):
         - :math:`L_\text{bound}` is the generated bound of :mod:`lipschitz_lab.bounds`
           (``paper``: eqs. 9, 15, 20; ``corrected``; ``strict``), or, for
           ``bound="smooth"``, lr = c/β (:class:`~lipschitz_lab.scheduler.options.SmoothOptions`);
+          ``"curvature"`` and ``"directional"`` set it from the whole network's measured
+          Hessian instead (``sharpness_every``, :class:`~.options.CurvatureOptions`, docs/curvature.md);
         - :math:`K_z` is the penultimate activations' Frobenius norm (``kz="frobenius"``,
           the authors' code) or largest absolute value (``kz="max_abs"``, the text, eq. 6);
-        - m is the batch size, k the number of classes, :math:`K_a = \|a^{[L]}\|_2`
-          and :math:`\|y\|_2` the batch's outputs and targets (mse only);
+        - m is the number of terms the loss averages: the batch size, or for a sequence
+          model's (B, T, V) logits the tokens whose targets are not ignored (negative targets,
+          torch's ``ignore_index=-100``; all B·T positions when no targets reach the scheduler);
+          k the number of classes, :math:`K_a = \|a^{[L]}\|_2` and :math:`\|y\|_2` the
+          batch's outputs and targets (mse only);
         - :math:`c_\text{loss}` is ``loss_scale``: 1 for the derived loss (the batch
           mean; ½·MSE), else the factor your loss applies (``nn.MSELoss()``: 2);
         - λ is the largest ``weight_decay`` of the param groups and max‖w‖ the
@@ -83,8 +91,15 @@ class LipschitzLR(LRScheduler):
                 opt.step(); sched.step(); opt.zero_grad()   # step() reads .grad
             sched.epoch_end()
 
-    Instead of ``wrap_loss``, call ``sched.observe(y)`` once per step.  Run
-    validation forwards under ``torch.no_grad()`` (they are not measured).
+    Instead of ``wrap_loss``, call ``sched.observe(y)`` once per forward.  Run
+    validation forwards under ``torch.no_grad()`` (they are not measured).  With fp16 and
+    ``torch.amp.GradScaler``, pass ``scaler=scaler`` (its scale is divided out of what the
+    check sees, on the device; a step the scaler skips is not measured).  The loss-scale
+    check (:mod:`lipschitz_lab.probe.scale`) always holds |∂E/∂z| per entry to S/m; with the
+    targets it also fits the exact scale, label smoothing included.  Records are delivered
+    at every ``flush_every``-th step, :meth:`epoch_end`, :meth:`state_dict`, :meth:`close`,
+    and at exit for a loop that calls none of them.  ``sharpness_every=N`` adds the curvature
+    instruments (λ_max, edge, dir_curv, α) to every N-th record; it needs ``wrap_loss``.
 
     Records: the fields are defined in :mod:`lipschitz_lab.records` (``lr`` there).
     :attr:`last_record` and :meth:`get_last_lr` flush first, so they wait for the
@@ -101,93 +116,83 @@ class LipschitzLR(LRScheduler):
                  loss_scale: float = 1.0, layer: str | None = None, exact_protocol: bool = False,
                  loader: Iterable | None = None, variant_optimizer: str = "sgd",
                  ema: EMAOptions = EMAOptions(), smooth: SmoothOptions = SmoothOptions(),
-                 measure_beta: bool | None = None, log: StepLog | None = None, flush_every: int = 32,
-                 last_epoch: int = -1):
+                 measure_beta: bool | None = None, scaler=None, sharpness_every: int | None = None,
+                 curvature: CurvatureOptions = CurvatureOptions(), log: StepLog | None = None,
+                 flush_every: int = 32, last_epoch: int = -1):
         checks.check_arguments(loss=loss, bound=bound, kz=kz, recompute=recompute, min_lr=min_lr,
-                                 max_lr=max_lr, exact_protocol=exact_protocol, fixed_after=fixed_after,
-                                 variant_optimizer=variant_optimizer, loss_scale=loss_scale)
-        self.needs = bound_inputs(loss)
-        checks.check_loss_inputs(loss, self.needs, num_classes, eps)
+                               max_lr=max_lr, exact_protocol=exact_protocol, fixed_after=fixed_after,
+                               variant_optimizer=variant_optimizer, loss_scale=loss_scale)
+        checks.check_loss_inputs(loss, checks.bound_inputs(loss), num_classes, eps)
         self.model, self.loss, self.bound, self.kz = model, loss, bound, kz
         self.num_classes = int(num_classes) if num_classes is not None else None
-        self.eps, self.recompute, self.min_lr, self.max_lr = eps, recompute, min_lr, max_lr
-        self.fixed_after, self.loss_scale = fixed_after, float(loss_scale)
-        self.exact_protocol, self.loader, self.variant_optimizer = exact_protocol, loader, variant_optimizer
-        self.ema_options, self.smooth = ema, smooth
-        self._ema = BoundEMA(variant_optimizer, beta=ema.beta, beta1=ema.beta1, beta2=ema.beta2,
-                             eps=ema.eps, bias_correction=ema.bias_correction)
-        self.variants = [v for v in VARIANTS if checks.defined(loss, v)]   # no paper bound for some losses
-        if bound != "smooth" and bound not in self.variants:
-            raise ValueError(f"the paper gives no bound for loss={loss!r}; use bound='corrected' or 'strict'")
-        self.momentum = max(float(g.get("momentum", 0.0) or 0.0) for g in optimizer.param_groups)
+        self.eps, self.recompute, self.fixed_after = eps, recompute, fixed_after
+        self.exact_protocol, self.loader, self.scaler = exact_protocol, loader, scaler
+        self.smooth, self._warned = smooth, set()
+        self.sharpness_every = check_sharpness(sharpness_every, bound)
+        momentum = max(float(g.get("momentum", 0.0) or 0.0) for g in optimizer.param_groups)
+        self.rule = RateRule(loss, bound, kz, num_classes=self.num_classes, eps=eps,
+                             loss_scale=float(loss_scale), min_lr=min_lr, max_lr=max_lr,
+                             variant_optimizer=variant_optimizer, ema=ema, smooth=smooth,
+                             momentum=momentum, curvature=curvature)
         checks.check_optimizer(optimizer, variant_optimizer)
+        checks.check_momentum(optimizer, variant_optimizer, bound, self.warn_once)
         measure_beta = bound == "smooth" if measure_beta is None else measure_beta
-        self._check = ScaleCheck(loss, **checks.loss_params(self.needs, num_classes, eps))
-        self._check.armed = True             # step 0 is a check step
+        check = ScaleCheck(loss, softmax=checks.is_softmax(loss), grad_scale=grad_scale_of(scaler),
+                           **checks.loss_params(self.rule.needs, num_classes, eps))
         self.probe = Probe(model, layer, sigma=smooth.sigma if measure_beta else None,
-                           power_iters=smooth.power_iters, scale_check=self._check)
+                           power_iters=smooth.power_iters, scale_check=check,
+                           grad_scale=grad_scale_of(scaler))
         self.log = log if log is not None else StepLog(flush_every)
-        self.layerwise, self.group_layer = checks.layerwise(model, optimizer, bound, recompute, smooth)
-        self._betas: torch.Tensor | None = None   # layerwise: β per layer of the rate in force
-        self.lr_mode = lr_mode(optimizer)
-        if self.lr_mode == "tensor":
-            tensorize(optimizer)
-        self.epoch, self.step_index = 0, 0
-        self.state = "unset"                 # of the rate: unset -> from_batch -> set (-> frozen)
-        self._rate: torch.Tensor | None = None   # [lr, K_z, L, clamp code], float64, on the device
-        self._rate_info: dict[str, Any] = {"kz_mode": None, "source": None}
-        self._pending = None                 # the batch read early, at the warm start
-        self._stepped = False                # optimizer.step() ran since the last step()
-        self._warned: set[str] = set()
+        layerwise, group_layer = checks.layerwise(model, optimizer, bound, recompute, smooth)
+        self.rate_state = RateState(self.rule, self.probe, optimizer, self.log, recompute=recompute,
+                              fixed_after=fixed_after, layerwise=layerwise, group_layer=group_layer,
+                              skipped=(lambda: True) if scaler is not None else None, warn=self.warn_once)
         self.last_measurement: dict[str, Any] | None = None
-        self._pre_hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
+        self.pre_hook = optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs: self.rate_state.before_optimizer_step())
         self.optimizer = optimizer
+        if log is None:                      # our own log: its last records reach the sinks at exit too
+            self._finalizer = weakref.finalize(self, deliver_at_exit, self.log)
         if exact_protocol and loader is not None and last_epoch == -1:
             self.measure_epoch(loader)      # epoch 0: the initial weights, as the authors do
         super().__init__(optimizer, last_epoch)
 
+    # -- what the state says --------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """The rate's state: unset, from_batch, set or frozen (docs/architecture.md)."""
+        return self.rate_state.name
+
+    @property
+    def epoch(self) -> int:
+        return self.rate_state.epoch
+
+    @property
+    def step_index(self) -> int:
+        return self.rate_state.step_index
+
+    @property
+    def variants(self) -> list[str]:
+        return self.rule.variants
+
+    @property
+    def layerwise(self):
+        return self.rate_state.layerwise
+
     # -- the bound and the rate --------------------------------------------------
-    def _lam(self) -> float:   # λ: the largest weight decay of the groups
-        return max(float(g.get("weight_decay", 0.0) or 0.0) for g in self.optimizer.param_groups)
-
-    def _params(self, stats_K_a, stats_y) -> dict[str, Any]:
-        extra = {"k": self.num_classes, "eps": self.eps, "K_a": stats_K_a, "y_norm": stats_y}
-        return {n: extra[n] for n in self.needs}
-
     def bound_value(self, variant: str, stats: dict[str, Any], lam: float, w_max):
         """L of ``variant`` for plain-number (or tensor) statistics, ``loss_scale`` included."""
-        K_z, m = stats[f"K_z_{self.kz}"], stats["m"]
-        params = self._params(stats.get("K_a"), stats.get("y_norm"))
-        L = lipschitz_bound(self.loss, variant, K_z=K_z, m=m, lam=lam, w_max=w_max, kz=self.kz, **params)
-        if self.loss_scale == 1.0:
-            return L
-        L0 = lipschitz_bound(self.loss, variant, K_z=K_z, m=m, kz=self.kz, **params)
-        return self.loss_scale * L0 + (L - L0)
+        return self.rule.L(variant, stats, lam, w_max)
 
     def beta_value(self, stats: dict[str, Any], lam: float):
         r"""β = loss_scale·S₂·σ_max([A, 1])² + λ, or None when σ_max was not measured."""
-        sigma = stats.get("sigma_max")
-        if sigma is None:
-            return None
-        S2 = smoothness_bound(self.loss, m=stats["m"], **{n: v for n, v in self._params(None, None).items()
-                                                          if n in ("k", "eps")})
-        return self.loss_scale * S2 * sigma * sigma + lam
-
-    def _set_rate(self, stats: dict[str, Any], w_max, kz_mode: str, source: str) -> None:
-        """The rate from statistics (device tensors or floats), written into the optimizer."""
-        self._rate_info = {"kz_mode": kz_mode, "source": source}
-        if self.layerwise is not None:
-            self._rate, rates = transitions.layer_rates(self, stats, self._lam())
-            write_group_rates(self.optimizer, rates, self.lr_mode)
-            return
-        self._rate = transitions.rate_vector(self, stats, w_max, self._lam())
-        write_rate(self.optimizer, self._rate[0], self.lr_mode)
+        return self.rule.beta_of(stats, lam)
 
     def get_lr(self) -> list[float]:
         """The rate of each group: ``lr_scale`` (default 1) times the current 1/L (syncs)."""
-        if self._rate is None:
+        if self.rate_state.rate is None:
             return [float(g["lr"]) for g in self.optimizer.param_groups]
-        rate = float(self._rate[0])
+        rate = float(RATE.get(self.rate_state.rate, "lr"))
         return [rate * g.get("lr_scale", 1.0) for g in self.optimizer.param_groups]
 
     def get_last_lr(self) -> list[float]:
@@ -196,42 +201,33 @@ class LipschitzLR(LRScheduler):
 
     # -- measuring --------------------------------------------------------------
     def observe(self, targets: torch.Tensor) -> None:
-        """Give this step's targets (mse needs ||y||; the loss-scale check uses them); once per step."""
+        """This step's targets, once per forward: mse's ||y||, m without the ignored targets
+        (padding), and the exact loss-scale check."""
         self.probe.observe_targets(targets)
+        if self.rate_state.monitor is not None:
+            self.rate_state.monitor.observe(targets)
 
     def wrap_loss(self, criterion: Callable) -> Callable:
         """``criterion`` that also calls :meth:`observe` with its target.
 
-        A torch criterion whose ``reduction`` tells its scale (``nn.MSELoss()`` for
-        ``mse``: 2; ``reduction="sum"``: m) is checked here, before the first step.
+        A torch criterion whose settings tell its scale (``nn.MSELoss()`` for ``mse``: 2;
+        ``reduction="sum"``: m), its label smoothing or its class weights is checked here,
+        before the first step.
         """
-        checks.check_criterion(criterion, self.loss, self.loss_scale, self.eps)
+        checks.check_criterion(criterion, self.loss, self.rule.loss_scale, self.eps)
+        if self.sharpness_every is not None and self.rate_state.monitor is None:   # the batch it needs
+            self.rate_state.monitor = curvature_monitor(self.model, self.optimizer, criterion,
+                                                        self.sharpness_every, self.rule.curvature)
 
         def loss_fn(output, target, *args, **kwargs):
             self.observe(target)
             return criterion(output, target, *args, **kwargs)
         return loss_fn
 
-    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
-        # w_max of the weights behind this gradient; then, once, the warm start
-        self._stepped = True
-        self.probe.snapshot_w_max()
-        if self.state != "unset":
-            if self._rate is not None and self.layerwise is None:
-                write_rate(self.optimizer, self._rate[0], self.lr_mode)   # a changed lr_scale takes effect
-            return
-        if self._pending is None and self.probe.has_batch():
-            self._pending = self.probe.read_device()
-            self._warm_start(self._pending)
-
-    def _warm_start(self, stats) -> None:
-        self._set_rate(transitions.device_stats(stats, self.kz), stats.values[6], "train", "warm start")
-        self.state = "from_batch"
-
     def measure_epoch(self, loader: Iterable | None = None) -> dict[str, Any]:
         """The authors' protocol: eval-mode, no-grad pass over ``loader``; the
         largest K_z over its batches sets the rate from now on (``kz_mode="eval"``).  Syncs."""
-        self.last_measurement = transitions.measure(self, self.loader if loader is None else loader)
+        self.last_measurement = self.rate_state.measure(self.loader if loader is None else loader)
         return self.last_measurement
 
     # -- the scheduler protocol ------------------------------------------------
@@ -245,32 +241,15 @@ class LipschitzLR(LRScheduler):
             return
         if epoch is not None:
             raise ValueError(f"LipschitzLR.step() takes no epoch (got epoch={epoch!r}); call epoch_end()")
-        transitions.step(self)
-
-    @property
-    def last_record(self) -> Record | None:
-        """The newest step record.  Flushes the log first, so it waits for the device."""
-        self.log.flush(wait=True)
-        return self.log.last
-
-    def flush(self) -> list[Record]:
-        """Decode every queued record and deliver it to the subscribers (waits for the device)."""
-        return self.log.flush(wait=True)
+        self.last_epoch += 1
+        self._step_count += 1
+        self.rate_state.step()
 
     def epoch_end(self) -> None:
-        """Close the epoch; with ``recompute="epoch"`` set the next epoch's rate
-        (the exact protocol: a pass over ``loader``).  Call once per epoch."""
-        transitions.epoch_end(self)
-
-    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
-        """Call ``fn(record)`` for every step record, in order (a few steps late); returns
-        a function that unsubscribes."""
-        self.log.sinks.append(fn)
-        return lambda: self.unsubscribe(fn)
-
-    def unsubscribe(self, fn: Subscriber) -> None:
-        if fn in self.log.sinks:
-            self.log.sinks.remove(fn)
+        """Deliver the epoch's records (an error in them is raised here), then close the epoch; with
+        ``recompute="epoch"`` set the next epoch's rate (the exact protocol: a pass over ``loader``)."""
+        self.log.flush(wait=True)
+        self.rate_state.epoch_end(self.loader, self.exact_protocol)
 
     def close(self) -> None:
         """Deliver the queued records; remove the probe's hook and the optimizer pre-hook."""
@@ -278,20 +257,33 @@ class LipschitzLR(LRScheduler):
             self.log.flush(wait=True)
         finally:
             self.probe.detach()
-            self._pre_hook.remove()
+            self.pre_hook.remove()
+            if self.rate_state.monitor is not None:
+                self.rate_state.monitor.close()
             if self.layerwise is not None:
                 self.layerwise.detach()
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain numbers only: no model, hook, loader or tensor (``weights_only`` loads it).  Syncs."""
-        return transitions.state_dict(self)
+        """Plain numbers only: no model, hook, loader or tensor (``weights_only`` loads it).
+        Delivers the queued records first (an error in them is raised here).  Syncs."""
+        self.log.flush(wait=True)
+        return {"last_epoch": self.last_epoch, "_step_count": self._step_count,
+                "base_lrs": [float(v) if isinstance(v, torch.Tensor) else v for v in self.base_lrs],
+                "_last_lr": self.get_last_lr(), **self.rate_state.state_dict(),
+                "config": saved.config_of(self)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        transitions.load_state_dict(self, state_dict)
+        state = saved.upgrade_state(state_dict)
+        differ = {k: v for k, v in state.get("config", {}).items() if saved.config_of(self).get(k) != v}
+        if differ:
+            warnings.warn(f"LipschitzLR state was saved with a different configuration: {differ}",
+                          stacklevel=2)
+        self.last_epoch, self._step_count = state["last_epoch"], state["_step_count"]
+        self.base_lrs, self._last_lr = list(state["base_lrs"]), list(state["_last_lr"])
+        self.rate_state.load_state_dict(state, device_of(self.optimizer))
 
     # -- helpers ----------------------------------------------------------------
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=4)
-

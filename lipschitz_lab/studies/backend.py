@@ -14,13 +14,20 @@ from typing import Any
 
 from lipschitz_lab.studies.spec import RunPlan
 
-__all__ = ["BACKENDS", "Job", "Backend", "BackendUnavailable"]
+__all__ = ["BACKENDS", "MAX_ATTEMPTS", "Job", "Backend", "BackendUnavailable", "WorkerDied"]
 
 BACKENDS = ("local", "ray")
+
+#: attempts per run when its worker process (or node) dies, the first one included; then it is failed
+MAX_ATTEMPTS = 3
 
 
 class BackendUnavailable(ValueError, ImportError):
     """The backend's optional package is missing (a ValueError, so the CLI prints one line)."""
+
+
+class WorkerDied(RuntimeError):
+    """A run's worker process died under it (a signal, the OOM killer) on its last attempt."""
 
 
 @dataclass
@@ -32,7 +39,7 @@ class Job:
     action: str                # "new" | "resume"
     run_id: str | None
     owner: str                 # the launcher that holds the run's lease
-    attempt: int = 1           # > 1: sent again after its worker died (Ray)
+    attempt: int = 1           # > 1: sent again after its worker died
     note: str | None = None    # e.g. "took over from <owner>"
 
 

@@ -95,6 +95,10 @@ def catalogue() -> dict[str, PolicyEntry]:
     # 2b) beyond the paper: lr = c/β from the smoothness bound (c/2 of the heavy-ball limit with momentum)
     entries += [_lipschitz("smooth", "step", opt, c=c) for opt in ("sgd", "momentum") for c in SMOOTH_CS]
     entries += [_lipschitz("smooth", "epoch", "momentum")]
+    # 2c) from the whole network's measured curvature (every 10 steps): c(1+μ)/λ_max, and the
+    #     directional rule (GeN/CDAT-like, docs/curvature.md)
+    entries += [_lipschitz("curvature", "step", opt) for opt in ("sgd", "momentum")]
+    entries += [_lipschitz("directional", "step", "sgd")]
     # 3) baselines that need a rate: a constant grid and three decaying schedules, all plain SGD
     entries += [PolicyEntry(f"constant-{lr:g}", {"lr_policy": "constant", "lr": lr, "optimizer": "sgd"})
                 for lr in CONSTANT_LRS]
@@ -110,6 +114,14 @@ def catalogue() -> dict[str, PolicyEntry]:
                 PolicyEntry("dog", {"lr_policy": "dog", "lr": 1.0, "optimizer": "sgd"}),
                 # the package's README: 10-50x the usual SGD rate
                 PolicyEntry("schedulefree-sgd", {"lr_policy": "schedulefree_sgd", "lr": 1.0, "optimizer": "sgd"})]
+    # AGD (Bernstein et al. 2023): no hyperparameters at all (config.lr is not used)
+    entries += [PolicyEntry("agd", {"lr_policy": "agd", "optimizer": "sgd"})]
+    # 5) what a transformer is trained with: nanoGPT's AdamW (its shakespeare_char lr, decay 0.1 on
+    #    matrices) and Schedule-Free AdamW at the package's default lr
+    entries += [PolicyEntry("adamw-cosine", {"lr_policy": "adamw_cosine", "lr": 1e-3, "weight_decay": 0.1,
+                                             "optimizer": "sgd"}),
+                PolicyEntry("schedulefree-adamw", {"lr_policy": "schedulefree_adamw", "lr": 2.5e-3,
+                                                   "optimizer": "sgd"})]
     return {e.name: e for e in entries}
 
 
@@ -120,11 +132,14 @@ GROUPS = {
     "lipschitz-variants": lambda e: e.family == "lipschitz",
     "lipschitz-scaled": lambda e: e.family == "lipschitz-scaled",
     "smooth": lambda e: e.overrides.get("bound") == "smooth",
+    "curvature": lambda e: e.overrides.get("bound") in ("curvature", "directional"),
     "baselines": lambda e: e.family == "baseline",
     "constant": lambda e: e.lr_policy == "constant",
     "schedules": lambda e: e.lr_policy in ("step", "cosine", "onecycle"),
     "range-tests": lambda e: e.lr_policy.startswith("lr_range_test"),
-    "parameter-free": lambda e: e.lr_policy in ("prodigy", "dadapt_sgd", "dog", "schedulefree_sgd"),
+    "parameter-free": lambda e: e.lr_policy in ("prodigy", "dadapt_sgd", "dog", "schedulefree_sgd",
+                                                "schedulefree_adamw", "agd"),
+    "transformer-baselines": lambda e: e.lr_policy in ("adamw_cosine", "prodigy", "schedulefree_adamw"),
 }
 
 

@@ -15,10 +15,18 @@ from lipschitz_lab.runs import open_store
 from lipschitz_lab.runs.leases import LeaseLost
 from lipschitz_lab.studies.spec import RunPlan
 
-__all__ = ["DONE", "execute_run", "one_line", "lost_note", "checkpoint_exists", "record_failure"]
+__all__ = ["DONE", "done", "execute_run", "one_line", "lost_note", "checkpoint_exists", "record_failure"]
 
-#: statuses that end a run for good: a re-run of the study skips them
-DONE = ("finished", "diverged")
+#: statuses that end a run for good: a re-run of the study skips them (a diverged run would
+#: diverge again; a failed one keeps its error until the user asks for it again: ``retry_failed``)
+DONE = ("finished", "diverged", "failed")
+
+
+def done(run: dict | None, retry_failed: bool = False) -> bool:
+    """Whether ``run`` (a store row, or None) is settled for good: no launcher trains it again."""
+    if run is None:
+        return False
+    return run["status"] in DONE and not (retry_failed and run["status"] == "failed")
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:
@@ -56,11 +64,12 @@ def _train(plan: RunPlan, store, resume: str | None, stop_event) -> Any:
 def execute_run(plan: RunPlan, store, action: str, run_id: str | None, stop_event=None) -> dict[str, Any]:
     """Train one run; never raises for a failed run (returns its outcome as a dict).
 
-    ``action`` is ``new`` or ``resume`` (of ``run_id``).  A resume without a
-    checkpoint restarts the run in place; a resume that raises deletes the run
-    and trains it from scratch.  A lost lease ends the run here without another
-    write: the launcher that took it over owns it now.  Top-level, so a spawned
-    worker can unpickle it.
+    ``action`` is ``new`` or ``resume`` (of ``run_id``).  A resume continues from the run's
+    checkpoint; without one (stopped in its first epoch) the trainer restarts it in place, and
+    the note says so.  A resume that raises leaves the run ``failed`` with the error: it is
+    never trained again from scratch behind the user's back.  A lost lease ends the run here
+    without another write: the launcher that took it over owns it now.  Top-level, so a
+    spawned worker can unpickle it.
     """
     store = open_store(store)
     t0 = time.perf_counter()
@@ -73,18 +82,7 @@ def execute_run(plan: RunPlan, store, action: str, run_id: str | None, stop_even
         else:
             action, note = "restarted", "no checkpoint to resume from: restarted from scratch"
     try:
-        try:
-            run = _train(plan, store, resume, stop_event)
-        except LeaseLost:
-            raise
-        except Exception as exc:  # noqa: BLE001 -- any resume failure means: start over
-            if resume is None:
-                raise
-            old = store.find_run(plan.key)
-            if old is not None:
-                store.delete_run(old["id"])
-            action, note = "restarted", f"resume failed ({one_line(exc, 200)}): restarted from scratch"
-            run = _train(plan, store, None, stop_event)
+        run = _train(plan, store, resume, stop_event)
         run_id, status, reason = run.run_id, run.status, run.reason
     except LeaseLost as exc:
         status, reason, note = None, None, lost_note(exc)

@@ -15,7 +15,7 @@ from typing import Callable
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.runs.leases import Heartbeat, Lease, claim, leases, release
 from lipschitz_lab.studies.backend import Backend, Job
-from lipschitz_lab.studies.execute import DONE
+from lipschitz_lab.studies.execute import done
 from lipschitz_lab.studies.spec import RunPlan
 
 __all__ = ["RunOutcome", "Launch"]
@@ -39,7 +39,7 @@ class RunOutcome:
     reason: str | None = None
     note: str | None = None      # e.g. why a resume became a restart, who trained a held run
     wall_time: float = 0.0       # seconds spent on it in this call
-    attempts: int = 1            # > 1: its worker died and it was sent again (Ray)
+    attempts: int = 1            # > 1: its worker died and it was sent again (pool or Ray)
 
 
 class Launch:
@@ -47,8 +47,10 @@ class Launch:
 
     def __init__(self, plans: list[RunPlan], store: RunStore, owner: str, ttl: float, *, wait: bool = True,
                  stop_event=None, on_start: Callable[[RunPlan], None] | None = None,
-                 on_outcome: Callable[[RunOutcome], None] | None = None):
+                 on_outcome: Callable[[RunOutcome], None] | None = None, retry_failed: bool = False):
         self.plans, self.store, self.owner, self.ttl, self.wait = plans, store, owner, ttl, wait
+        self.retry_failed = retry_failed
+        self._retry: dict[str, tuple] = {}      # key -> the failed row this launch was asked to retry
         self.stop_event, self.on_start, self.on_outcome = stop_event, on_start, on_outcome
         self.outcomes: list[RunOutcome | None] = [None] * len(plans)
         self.todo: list[int] = []               # not claimed yet
@@ -59,13 +61,23 @@ class Launch:
         self.backend: Backend | None = None
 
     def skip_done(self) -> None:
-        """Settle the runs the store holds finished or diverged; queue the rest."""
+        """Settle the runs the store holds finished, diverged or failed (unless ``retry_failed``);
+        queue the rest."""
         for i, plan in enumerate(self.plans):
             run = self.store.find_run(plan.key)
-            if run is not None and run["status"] in DONE:
+            if done(run, self.retry_failed):
                 self._settle(i, "skipped", run)
-            else:
-                self.todo.append(i)
+                continue
+            if run is not None and run["status"] == "failed":
+                self._retry[plan.key] = _failure(run)
+            self.todo.append(i)
+
+    def _settled(self, key: str, run: dict | None) -> bool:
+        """Read under the lease: is ``run`` done for good?  A failure this launch was asked to retry
+        is not, unless it is a newer one (another launcher retried it meanwhile)."""
+        if run is not None and run["status"] == "failed" and self._retry.get(key) == _failure(run):
+            return False
+        return done(run)
 
     def run(self, backend: Backend, heartbeat: Heartbeat) -> None:
         self.backend, self.heartbeat = backend, heartbeat
@@ -107,7 +119,7 @@ class Launch:
                 self.held[i] = got.previous
                 continue
             run = self.store.find_run(plan.key)     # read under the lease: nobody else changes it now
-            if run is not None and run["status"] in DONE:
+            if self._settled(plan.key, run):
                 release(self.store, plan.key, self.owner)
                 self._settle(i, "skipped", run)
                 continue
@@ -140,7 +152,7 @@ class Launch:
         for i in list(self.held):
             plan = self.plans[i]
             run = self.store.find_run(plan.key)
-            if run is not None and run["status"] in DONE:
+            if done(run):
                 owner = self.held.pop(i).owner
                 self._settle(i, "held", run, note=f"trained by {owner}")
                 continue
@@ -168,3 +180,8 @@ class Launch:
         self.outcomes[i] = RunOutcome(plan.policy, plan.seed, plan.key, action, **fields)
         if self.on_outcome:
             self.on_outcome(self.outcomes[i])
+
+
+def _failure(run: dict) -> tuple:
+    """What identifies one failure of a run: a retried run that fails again is a new one."""
+    return run["id"], run["reason"], run["updated"]

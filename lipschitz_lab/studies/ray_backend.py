@@ -32,14 +32,12 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lipschitz_lab.runs.leases import LeaseLost, log
-from lipschitz_lab.studies.backend import Backend, Job
+from lipschitz_lab.studies.backend import MAX_ATTEMPTS, Backend, Job
 from lipschitz_lab.studies.execute import execute_run, lost_note, one_line, record_failure
 from lipschitz_lab.studies.remote_store import Receiver, RemoteStore
 
 __all__ = ["RayBackend"]
 
-#: attempts per run when workers or nodes die (the first one included)
-MAX_ATTEMPTS = 3
 #: seconds between a worker's looks at the hub for a stop
 STOP_POLL_S = 0.5
 

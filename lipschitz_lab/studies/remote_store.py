@@ -5,20 +5,23 @@ Only the driver writes the store (SQLite must not live on a network file system)
 A worker runs ``trainer.train(config, store=RemoteStore(...))``; the proxy has the
 surface the trainer uses (``create_run``, ``get_run``, ``find_run``, ``truncate``,
 ``set_status``, ``append_records`` through :class:`~lipschitz_lab.runs.StoreWriter`,
-``delete_run``, ``checkpoint_path``, ``checkpoint_saved``, ``path``) and turns each
+``delete_run``, ``checkpoint_path``, ``publish_checkpoint``, ``path``) and turns each
 write into a message ``(op, args, kwargs)`` of plain data for ``send``.  ``send``
 returns once the message is safely on the driver's side (Ray: the hub actor), so the
 driver sees a worker's writes whole and in order, up to the moment the worker died.
 
-Checkpoints travel as messages too: the trainer writes one to ``checkpoint_path`` (a
-temp folder on the worker) and calls ``checkpoint_saved``; the proxy ships the bytes,
+Checkpoints travel as messages too: the trainer stages one beside ``checkpoint_path`` (a
+temp folder on the worker) and calls ``publish_checkpoint``; the proxy ships the bytes,
 after the records of the same epoch.  The driver keeps the newest at
 ``RunStore.checkpoint_path`` and seeds the next attempt's worker with it
 (:meth:`RemoteStore.seed_checkpoint`), so a run whose node died resumes on another node.
 
 :class:`Receiver` is the driver's end for one attempt of one run: it applies the
 messages through a :class:`~lipschitz_lab.runs.leases.LeasedStore` and maps the run
-id the worker drew to the id the store gave.
+id the worker drew to the id the store gave.  Every write it makes is fenced by the
+run's lease in the write's own transaction (a checkpoint is staged, then moved into place
+inside one), so a driver that stalled past its lease timeout and was taken over writes
+nothing more: not a record, not a status, not a checkpoint.
 """
 from __future__ import annotations
 
@@ -92,8 +95,14 @@ class RemoteStore:
             self._run = None
 
     def checkpoint_saved(self, run_id: str, path: str | os.PathLike, epoch: int | None) -> None:
-        """Ship the checkpoint the trainer just wrote to the driver."""
+        """Ship the checkpoint at ``path`` to the driver."""
         self._forward("checkpoint", run_id, Path(path).read_bytes(), epoch)
+
+    def publish_checkpoint(self, run_id: str, staged: str | os.PathLike, epoch: int | None) -> Path:
+        """Ship the checkpoint the trainer just staged to the driver, then keep it here too."""
+        from lipschitz_lab.runs.checkpoint import publish
+        self.checkpoint_saved(run_id, staged, epoch)
+        return publish(staged, self.checkpoint_path(run_id))
 
     def seed_checkpoint(self, run_id: str, data: bytes) -> None:
         """Put the driver's checkpoint where the trainer will read it, before a resume."""
@@ -145,11 +154,12 @@ class Receiver:
         self.store.delete_run(self.run_id(run_id))
 
     def _checkpoint(self, run_id: str, data: bytes, epoch: int | None) -> None:
-        from lipschitz_lab.runs.checkpoint import write_atomic
+        from lipschitz_lab.runs.checkpoint import stage
         run_id = self.run_id(run_id)
-        self.store.check()                          # a run taken over keeps its new owner's checkpoint
-        path = write_atomic(self.store.checkpoint_path(run_id), data)
-        self.store.checkpoint_saved(run_id, path, epoch)
+        staged = stage(self.store.checkpoint_path(run_id), lambda f: f.write(data))
+        # moved into place inside the transaction that checks the lease: a run taken over keeps
+        # its new owner's checkpoint
+        self.store.publish_checkpoint(run_id, staged, epoch)
 
     def _worker(self, info: dict) -> None:
         self.worker = dict(info)

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 
 from lipschitz_lab.runs import RunStore
+from lipschitz_lab.runs.verdict import kinds_summary, run_verdict
 from lipschitz_lab.studies.spec import PolicyEntry, StudySpec
+from lipschitz_lab.studies.why import why_empty
 
 __all__ = ["StudyRun", "study_runs", "epoch_frame", "step_frame", "study_table", "ranking",
            "summary_markdown", "table_text"]
@@ -135,14 +137,16 @@ def study_table(store: RunStore, study: StudySpec | str, target_acc: float | Non
     ``lr_min``/``lr_max`` (over every step of every seed), ``steps`` and
     ``extra_steps`` (mean per run; the LR range test's iterations are extra),
     ``train_time_mean`` (seconds to the last epoch's end), ``rank`` (1 = best mean final
-    test accuracy; validation when there is no test) and ``run_ids``.
+    test accuracy; validation when there is no test), ``why`` (its runs with no epoch, e.g.
+    ``seed 0 failed: <the error>``; the text table shows it in an empty row) and ``run_ids``.
     Policies come in the study's order.
     """
     if target_acc is None and isinstance(study, StudySpec):
         target_acc = study.target_acc
     runs = study_runs(store, study)
     epochs, steps = epoch_frame(store, study, runs), step_frame(store, study, runs, fields=("lr",))
-    per_run = pd.DataFrame([_per_run(epochs, steps, r, target_acc) for r in runs])
+    per_run = pd.DataFrame([{**_per_run(epochs, steps, r, target_acc),
+                             "verdict": run_verdict(store, r.run_id).kind} for r in runs])
     rows = []
     order = [p.name for p in study.policies] if isinstance(study, StudySpec) else list(dict.fromkeys(r.policy for r in runs))
     for policy in order:
@@ -165,6 +169,8 @@ def study_table(store: RunStore, study: StudySpec | str, target_acc: float | Non
         row["steps"] = g["steps"].mean()
         row["extra_steps"] = g["extra_steps"].mean()
         row["train_time_mean"] = g["train_time"].mean()
+        row["verdict"] = kinds_summary(list(g.verdict))       # healthy, collapsed, blew up, ...
+        row["why"] = why_empty(g, [r for r in runs if r.policy == policy])   # the runs with no epoch
         row["run_ids"] = ", ".join(g.run_id)
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -203,9 +209,9 @@ def ranking(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _pm(mean: float, std: float) -> str:
+def _pm(mean: float, std: float, empty: str = "–") -> str:
     if not np.isfinite(mean):
-        return "–"
+        return empty or "–"
     return f"{mean:.4f}" + (f" ± {std:.4f}" if np.isfinite(std) else "")
 
 
@@ -218,14 +224,14 @@ def table_text(table: pd.DataFrame) -> str:
     target = table.attrs.get("target_acc")
     head = ["rank", "policy", "final test acc", "best test acc", "final val acc", "best val acc",
             f"epochs to {target:g}" if target else "epochs to target", "s to target", "reached",
-            "lr min", "lr max", "diverged", "runs"]
+            "lr min", "lr max", "diverged", "runs", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.sort_values(["rank", "policy"]).iterrows():
         cells = [str(r["rank"]), f"`{r.policy}`",
-                 _pm(r.final_test_acc_mean, r.final_test_acc_std), _pm(r.best_test_acc_mean, r.best_test_acc_std),
+                 _pm(r.final_test_acc_mean, r.final_test_acc_std, r.why), _pm(r.best_test_acc_mean, r.best_test_acc_std),
                  _pm(r.final_val_acc_mean, r.final_val_acc_std), _pm(r.best_val_acc_mean, r.best_val_acc_std),
                  _g(r.epochs_to_target_mean, ".2g"), _g(r.time_to_target_mean, ".3g"), r.target_reached or "–",
-                 _g(r.lr_min), _g(r.lr_max), str(r.diverged), str(r.runs)]
+                 _g(r.lr_min), _g(r.lr_max), str(r.diverged), str(r.runs), r.verdict]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -285,6 +291,10 @@ def summary_markdown(table: pd.DataFrame, spec: StudySpec | None = None, *, titl
         if len(dead):
             lines += ["Diverged or failed: " + ", ".join(
                 f"`{r.policy}` ({r.diverged} diverged, {r.failed} failed)" for _, r in dead.iterrows()) + ".", ""]
+        bad = table[table.verdict != "healthy"]
+        if len(bad):
+            said = ", ".join(f"`{r.policy}` ({r.verdict})" for _, r in bad.iterrows())
+            lines += [f"Not healthy: {said}.", ""]
     else:
         lines += ["No runs of this study are in the store yet.", ""]
     return "\n".join(lines)

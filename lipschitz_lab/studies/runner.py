@@ -3,11 +3,17 @@
 Every run lands in the run store under its stable key (:class:`~lipschitz_lab.studies.spec.RunPlan`),
 so running a study again picks up where the last one stopped:
 
+- every policy x seed config is checked first (:func:`~lipschitz_lab.studies.spec.validate_study`):
+  one bad policy raises ConfigError, and nothing trains or is stored;
 - a run whose key is in the store with status ``finished`` or ``diverged``
   is skipped (a diverged run would diverge again: same config, same seed);
-- a run left ``running``, ``stopped`` or ``failed`` is resumed from its last
-  checkpoint (``train(..., resume=run_id)``); with no checkpoint, or when the
-  resume itself fails, it is restarted from scratch, and the outcome says so;
+- a ``failed`` run keeps its error and is skipped too, until a launch asks for it
+  again (``retry_failed=True``, the CLI's ``--retry-failed``); then it resumes like a
+  stopped one;
+- a run left ``running`` (its launcher died) or ``stopped`` is resumed from its last
+  checkpoint (``train(..., resume=run_id)``); with no checkpoint (stopped in its first
+  epoch) it restarts in place, and the outcome says so; a resume that fails leaves
+  the run ``failed`` with its error (never a silent re-run from scratch);
 - anything else is trained from scratch.
 
 A study may be launched from two places at once (the study panel and a terminal):
@@ -35,9 +41,9 @@ from lipschitz_lab.runs import RunStore, open_store
 from lipschitz_lab.runs.leases import LEASE_TTL_S, Heartbeat, new_owner
 from lipschitz_lab.studies.backends import BACKENDS, backend_class, make_backend
 from lipschitz_lab.studies.local import InlineBackend
-from lipschitz_lab.studies.execute import DONE, execute_run
+from lipschitz_lab.studies.execute import DONE, done, execute_run
 from lipschitz_lab.studies.launch import Launch, RunOutcome
-from lipschitz_lab.studies.spec import RunPlan, StudySpec
+from lipschitz_lab.studies.spec import RunPlan, StudySpec, validate_study
 
 __all__ = ["RunOutcome", "StudyResult", "plan_study", "run_study", "execute_run", "DONE", "BACKENDS"]
 
@@ -67,14 +73,15 @@ class StudyResult:
                            target_acc=self.spec.target_acc if target_acc is None else target_acc)
 
 
-def plan_study(spec: StudySpec, store: RunStore) -> list[tuple[RunPlan, str, str | None]]:
+def plan_study(spec: StudySpec, store: RunStore,
+               retry_failed: bool = False) -> list[tuple[RunPlan, str, str | None]]:
     """``(plan, action, run_id)`` per run: ``new``, ``skipped`` or ``resume``, from the store."""
     out = []
     for plan in spec.runs():
         run = store.find_run(plan.key)
         if run is None:
             out.append((plan, "new", None))
-        elif run["status"] in DONE:
+        elif done(run, retry_failed):
             out.append((plan, "skipped", run["id"]))
         else:
             out.append((plan, "resume", run["id"]))
@@ -97,7 +104,8 @@ def run_study(spec: StudySpec, store: RunStore | str | os.PathLike | None = None
               backend: str = "local", address: str | None = None, stop_event: threading.Event | None = None,
               on_start: Callable[[RunPlan], None] | None = None,
               on_outcome: Callable[[RunOutcome], None] | None = None,
-              lease_timeout_s: float = LEASE_TTL_S, wait: bool = True, cpus_per_run: int = 1) -> StudyResult:
+              lease_timeout_s: float = LEASE_TTL_S, wait: bool = True, cpus_per_run: int = 1,
+              retry_failed: bool = False, validate: bool = True) -> StudyResult:
     """Train every run of ``spec`` that the store does not hold finished; return the outcomes.
 
     ``backend="local"``: ``workers=1`` (the default) trains in this process, one run
@@ -112,15 +120,17 @@ def run_study(spec: StudySpec, store: RunStore | str | os.PathLike | None = None
     ``lease_timeout_s``: how long this launcher may stay silent before another takes
     its runs over.  Setting ``stop_event`` stops the runs in flight at their next batch
     (status ``stopped``, resumable) and starts no more.  ``on_start``/``on_outcome``
-    are called in the calling thread.
+    are called in the calling thread.  ``retry_failed``: train the runs the store holds
+    ``failed`` again (from their checkpoints).  ``validate=False``: the caller has run
+    :func:`~lipschitz_lab.studies.spec.validate_study` already (the CLI, the study panel).
     """
     _check(workers, backend, address, lease_timeout_s, cpus_per_run)
-    store = open_store(store)
     t0 = time.perf_counter()
-    plans = spec.runs()                     # validates every config before anything trains
+    plans = validate_study(spec) if validate else spec.runs()    # every config, before anything is stored
+    store = open_store(store)
     owner = new_owner()
     launch = Launch(plans, store, owner, float(lease_timeout_s), wait=wait, stop_event=stop_event,
-                    on_start=on_start, on_outcome=on_outcome)
+                    on_start=on_start, on_outcome=on_outcome, retry_failed=retry_failed)
     launch.skip_done()
     if launch.todo:
         where = make_backend(backend, path=store.path, workers=workers, address=address, n_runs=len(plans),

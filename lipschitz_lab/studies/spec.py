@@ -12,15 +12,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lipschitz_lab.config import ConfigError, TrainConfig, read_toml
+from lipschitz_lab.config import ConfigError, TrainConfig, key_baseline, read_toml
 from lipschitz_lab.studies.catalogue import _FIELDS, _RESERVED, GROUPS, PolicyEntry, catalogue, select
 
 __all__ = ["PolicyEntry", "RunPlan", "StudySpec", "GROUPS", "catalogue", "select",
-           "STUDY_PRESETS", "study_preset", "load_study"]
+           "STUDY_PRESETS", "study_preset", "load_study", "validate_study"]
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -42,7 +43,7 @@ def config_hash(config: dict[str, Any]) -> str:
     """12 hex digits of the SHA-256 of the canonical JSON of the fields that differ from
     TrainConfig's defaults: a field added to TrainConfig later (with a default that keeps
     today's behaviour) leaves every stored run's key as it was."""
-    defaults = _defaults()
+    defaults = key_baseline()       # TrainConfig's defaults, the changed ones at their old values
     changed = {k: v for k, v in config.items() if k not in defaults or v != defaults[k]}
     text = json.dumps(changed, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -133,6 +134,54 @@ class StudySpec:
         return cls(name, base, policies, list(seeds), target)
 
 
+def validate_study(spec: StudySpec) -> list[RunPlan]:
+    """Every run of ``spec``, checked as the trainer will check it, before anything trains.
+
+    Each policy x seed config is validated, then each policy's config is built (data,
+    model, optimizer, scheduler; at its first seed: a seed changes no check) and thrown
+    away.  The first bad one raises :class:`ConfigError`, one line naming the policy and
+    the field: ``policy 'bad': bound='paper': the paper gives no bound for loss=...``.
+    Nothing is stored; the caller's RNG states are left as they were.
+    """
+    from lipschitz_lab.runs.checkpoint import rng_state, set_rng_state
+    from lipschitz_lab.training.setup import build
+    plans, first = [], {}
+    for entry in spec.policies:
+        try:
+            got = dataclasses.replace(spec, policies=[entry]).runs()
+        except ConfigError as exc:
+            raise ConfigError(_in_policy(entry, str(exc), None)) from None
+        plans += got
+        first[entry.name] = got[0]
+    saved = rng_state()
+    try:
+        for entry in spec.policies:
+            try:
+                setup = build(first[entry.name].config)
+            except ValueError as exc:        # ConfigError, and the policies' own ValueErrors
+                raise ConfigError(_in_policy(entry, str(exc), first[entry.name].config)) from None
+            if setup.policy.lipschitz:
+                setup.policy.scheduler.close()
+    finally:
+        set_rng_state(saved)
+    return plans
+
+
+def _in_policy(entry: PolicyEntry, message: str, config: dict[str, Any] | None) -> str:
+    """``policy 'NAME': FIELD=VALUE: why``; a message that names no field first gets the field it
+    tells the user to change (``use bound='corrected'``), else the first config field it mentions,
+    else the policy's first own field."""
+    message = " ".join(message.split())
+    first = re.match(r"(\w+)=", message)
+    if config is not None and not (first and first.group(1) in config):
+        named = [f for f in re.findall(r"\b(\w+)=", message) if f in config]
+        changed = [f for f in named if f"{f}={config[f]!r}" not in message]
+        field_ = (changed or named or [*entry.overrides, "lr_policy"])[0]
+        message = f"{field_}={config[field_]!r}: {message}"
+    prefix = f"policy {entry.name!r}: "
+    return message if message.startswith(prefix) else prefix + message
+
+
 def _policies(items: list) -> list[PolicyEntry]:
     """A list of catalogue names/groups/globs (str) and entries (tables), in the order given."""
     if not isinstance(items, list):
@@ -162,6 +211,9 @@ def load_study(path: str | Path) -> StudySpec:
     return StudySpec.from_dict(read_toml(path))
 
 
+_GPT_RACE = ["lipschitz-strict-step-sgd", "lipschitz-strict-step-adam", "lipschitz-smooth-step-sgd",
+             "lipschitz-smooth-step-momentum", "transformer-baselines"]
+
 #: the studies the CLI knows by name
 STUDY_PRESETS: dict[str, dict[str, Any]] = {
     # the demo: every policy on digits with the small MLP, a few CPU-seconds per run
@@ -175,6 +227,19 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "study": {"name": "mnist-whatif", "seeds": [0, 1], "target_acc": 0.97, "policies": ["all"]},
         "train": {"dataset": "mnist", "model": "mnist_cnn", "batch_size": 256, "epochs": 3,
                   "train_subset": 12000, "dataset_options": {"download": False}, "augment": False},
+    },
+    # the transformer race (issue 21): tiny_gpt (d=64, 2 layers) on the shipped text corpus, character
+    # level, 440 steps a run; LipschitzLR's strict and smooth rules per step against nanoGPT's AdamW
+    # with warm-up and cosine, Prodigy and Schedule-Free AdamW; ~3 min on 2 CPU cores
+    "gpt-quick": {
+        "study": {"name": "gpt-quick", "seeds": [0, 1], "target_acc": 0.25, "policies": _GPT_RACE},
+        "train": {"dataset": "text", "model": "tiny_gpt", "batch_size": 32, "epochs": 20, "device": "cpu"},
+    },
+    # the same race on a + b mod 31 (only the answer is scored): 1,100 steps a run, ~2 min
+    "gpt-quick-modadd": {
+        "study": {"name": "gpt-quick-modadd", "seeds": [0, 1], "target_acc": 0.9, "policies": _GPT_RACE},
+        "train": {"dataset": "modular_addition", "model": "tiny_gpt", "batch_size": 64, "epochs": 100,
+                  "device": "cpu"},
     },
 }
 

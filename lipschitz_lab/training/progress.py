@@ -15,14 +15,16 @@ class ProgressBar:
     def start_epoch(self, epoch: int) -> None:
         from tqdm.auto import tqdm
         self.close()
-        self.bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False)
+        self.bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                        leave=False)
 
     def on_record(self, record: Record) -> None:
         if self.bar is None or record.get("kind") != "step":
             return
         self.bar.update(1)
         lr = record.get("lr")
-        self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr="-" if lr is None else f"{lr:.3g}", refresh=False)
+        self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr="-" if lr is None else f"{lr:.3g}",
+                             refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:

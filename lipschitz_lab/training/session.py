@@ -2,8 +2,11 @@
 
 Rank 0 writes (the store, the checkpoints); every rank knows the run id.  The
 store is reached only through the calls below (create_run, get_run, truncate,
-set_status, checkpoint_path, checkpoint_saved and the StoreWriter's appends), so
-a store that forwards them elsewhere (a Ray worker's) works the same.
+set_status, checkpoint_path, publish_checkpoint and the StoreWriter's appends), so
+a store that forwards them elsewhere (a Ray worker's) works the same, and a store
+that checks a study run's lease in each write (a LeasedStore) fences every one of
+them: the records, the status, and the checkpoint, which is written beside its place
+and moved there inside the store's write transaction.
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ from typing import Any, Callable
 import torch
 
 from lipschitz_lab.records import Record
-from lipschitz_lab.runs import RunStore, StoreWriter, load_checkpoint, open_store, save_checkpoint
-from lipschitz_lab.runs.checkpoint import rng_state, set_rng_state
+from lipschitz_lab.runs import RunStore, StoreWriter, load_checkpoint, open_store
+from lipschitz_lab.runs.checkpoint import rng_state, set_rng_state, stage_checkpoint
 from lipschitz_lab.training.setup import Setup
 
 __all__ = ["Session", "open_session"]
@@ -41,7 +44,8 @@ class Session:
         """Status records go to subscribers; the store keeps the status in the run's row."""
         for sink in self.subscribers:
             sink({"kind": "status", "status": status, "run_id": self.run_id, "reason": reason,
-                  "step": step, "epoch": epoch, "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs})
+                  "step": step, "epoch": epoch, "steps_per_epoch": self.steps_per_epoch,
+                  "epochs": self.epochs})
 
 
 def _share(value, world: int):
@@ -70,6 +74,8 @@ def _resume(setup: Setup, store: RunStore, run_id: str) -> tuple[int, int, float
         policy.scheduler.load_state_dict(state["scheduler"])
     if policy.load_state is not None and state.get("policy") is not None:
         policy.load_state(state["policy"])
+    if setup.monitor is not None and state.get("monitor") is not None:
+        setup.monitor.load_state_dict(state["monitor"])
     set_rng_state(state["rng"])
     if setup.rank == 0:
         store.truncate(run_id, after_epoch=state["epoch"])
@@ -102,7 +108,8 @@ def open_session(setup: Setup, store, *, resume: str | None, run_key: str | None
 
 
 def save(setup: Setup, session: Session, epoch: int) -> None:
-    """The end-of-epoch checkpoint (rank 0), atomically replaced; the store hears of it."""
+    """The end-of-epoch checkpoint (rank 0): staged beside its place, then moved there by the
+    store, atomically and, for a study's run, only while this launcher holds its lease."""
     if not setup.config.checkpoint or setup.rank != 0:
         return
     policy = setup.policy
@@ -111,6 +118,6 @@ def save(setup: Setup, session: Session, epoch: int) -> None:
         "model": setup.model.state_dict(), "optimizer": policy.optimizer.state_dict(),
         "scheduler": policy.scheduler.state_dict() if policy.scheduler is not None else None,
         "policy": policy.state() if policy.state is not None else None,
+        "monitor": setup.monitor.state_dict() if setup.monitor is not None else None,
         "rng": rng_state(), "epoch": epoch, "step": session.step, "time": session.elapsed()}
-    save_checkpoint(path, state)
-    session.store.checkpoint_saved(session.run_id, path, epoch)
+    session.store.publish_checkpoint(session.run_id, stage_checkpoint(path, state), epoch)

@@ -10,7 +10,7 @@ import torch
 from lipschitz_lab.config import ConfigError, TrainConfig
 from lipschitz_lab.data import BatchLoader, DataSplits, get_dataset, make_eval_loader, make_loader
 from lipschitz_lab.losses import make_criterion, task_of
-from lipschitz_lab.models import get_model
+from lipschitz_lab.models import check_model_data, get_model
 from lipschitz_lab.policies import Policy, PolicyContext, build_policy
 from lipschitz_lab.steplog import StepLog
 
@@ -33,6 +33,7 @@ class Setup:
     policy: Policy
     log: StepLog                    # step records stay on the device until a flush
     amp: bool
+    monitor: Any = None             # the curvature instruments of a baseline (LipschitzLR carries its own)
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -81,10 +82,13 @@ def _data(config: TrainConfig) -> DataSplits:
 def _model(config: TrainConfig, splits: DataSplits, device: torch.device, world: int):
     torch.manual_seed(config.seed)
     try:
+        check_model_data(config.model, splits)      # tiny_gpt on digits, mlp on text: one line naming both
         model = get_model(config.model, input_shape=splits.input_shape, num_outputs=splits.num_outputs,
                           **config.model_options)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    except ValueError as exc:       # a builder's own message (resnet20 on digits' rows) gets both names
+        said = str(exc) if "dataset=" in str(exc) else \
+            f"model={config.model!r}: does not take dataset={config.dataset!r}: {exc}"
+        raise ConfigError(said) from None
     model = model.to(device)
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -121,5 +125,18 @@ def build(config: TrainConfig | dict[str, Any]) -> Setup:
                         splits.num_classes if splits.task == "multiclass" else None, device, criterion, log)
     policy = build_policy(config, model, ctx)
     crit = policy.wrap_loss(criterion) if policy.wrap_loss else criterion
+    monitor = _monitor(config, model, policy, criterion)
     return Setup(config, device, rank, world, splits, model, net, train_loader, eval_loaders, criterion, crit,
-                 policy, log, config.amp and device.type == "cuda")
+                 policy, log, config.amp and device.type == "cuda", monitor)
+
+
+def _monitor(config: TrainConfig, model, policy, criterion):
+    """λ_max, edge, dir_curv and α for a policy without LipschitzLR (``sharpness_every``)."""
+    if config.sharpness_every is None or policy.lipschitz:
+        return None
+    if config.compile:
+        raise ConfigError("sharpness_every with compile=True: the curvature instruments differentiate the "
+                          "eager model twice; train without compile to measure curvature")
+    from lipschitz_lab.probe.monitor import CurvatureMonitor
+    return CurvatureMonitor(model, policy.optimizer, criterion, every=config.sharpness_every,
+                            iters=config.sharpness_iters)

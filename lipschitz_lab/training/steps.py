@@ -14,8 +14,11 @@ from typing import Any
 
 import torch
 
+from lipschitz_lab.data.sequence import flatten_tokens, token_correct
 from lipschitz_lab.errors import DivergenceError
+from lipschitz_lab.probe.curvature import CURVATURE, decode_curvature, edge
 from lipschitz_lab.records import Record, epoch_record, step_record
+from lipschitz_lab.steplog import Part
 from lipschitz_lab.training.session import Session
 from lipschitz_lab.training.setup import Setup
 
@@ -42,7 +45,10 @@ class EpochSums:
 
 
 def correct_count(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor | None:
-    """How many predictions are right, as a float64 device tensor (None for regression)."""
+    """How many predictions are right, as a float64 device tensor (None for regression).
+    (B, T, V) logits: over the tokens not ignored, in sequences' worth (``token_correct``)."""
+    if out.dim() == 3 and y.dim() == 2:
+        return token_correct(out, y)
     if task == "multiclass":
         return (out.argmax(dim=1) == y).sum().double()
     if task == "binary":
@@ -50,18 +56,41 @@ def correct_count(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor
     return None
 
 
-def _loss_decoder(record: Record, host: dict[str, Any], values: list[float]) -> str | None:
-    host["loss"] = values[0]
-    return None if math.isfinite(values[0]) else f"step {host['step']}: loss is {values[0]}"
+def _loss_part(step: int):
+    """The ``loss`` segment's decoder: the loss, or the divergence it shows."""
+    def decode(values: list[float]) -> Part:
+        loss = values[0]
+        return Part({"loss": loss}, None if math.isfinite(loss) else f"step {step}: loss is {loss}")
+    return decode
 
 
-def _tail_decoder(record: Record, host: dict[str, Any], values: list[float]) -> str | None:
-    if "kind" not in record:       # not a Lipschitz policy: the scheduler added no segment
-        record.update(step_record(step=host["step"], epoch=host["epoch"], lr=host["lr"], K_z=None, L=None,
-                                  bound=None, grad_last=None, grad_layers=None, clamped=None))
-    acc = values[0] / host["n"] if values else None
-    record.update(loss=host["loss"], acc=acc, time=host["time"], step=host["step"], epoch=host["epoch"])
-    return None
+def _correct_part(values: list[float]) -> Part:
+    return Part({"correct": values[0] if values else None})
+
+
+def _curvature_part(values: list[float]) -> Part:
+    return Part(decode_curvature(values) if values else dict.fromkeys(CURVATURE.names))
+
+
+def compose_step(host: dict[str, Any], parts: dict[str, Part]) -> Record:
+    """The step's record, in one place: the scheduler's ``schedule`` part (a Lipschitz policy) or
+    the baseline's rate, then the trainer's loss, accuracy and time."""
+    schedule = parts.get("schedule")
+    if schedule is not None:
+        record = dict(schedule.fields)
+    else:
+        record = step_record(step=host["step"], epoch=host["epoch"], lr=host["lr"], K_z=None, L=None,
+                             bound=None, grad_last=None, grad_layers=None, clamped=None)
+    correct = parts["correct"].fields["correct"]
+    record.update(loss=parts["loss"].fields["loss"], acc=None if correct is None else correct / host["n"],
+                  time=host["time"], step=host["step"], epoch=host["epoch"])
+    curvature = parts.get("curvature")
+    if curvature is not None:          # a baseline's instruments; edge with the rate its update used
+        lam = curvature.fields["lambda_max"]
+        record.update(curvature.fields, edge_limit=host["edge_limit"],
+                      edge=None if lam is None or record["lr"] is None else edge(record["lr"], lam,
+                                                                                  host["weight_decay"]))
+    return record
 
 
 def train_step(setup: Setup, session: Session, x: torch.Tensor, y: torch.Tensor, epoch: int,
@@ -70,11 +99,13 @@ def train_step(setup: Setup, session: Session, x: torch.Tensor, y: torch.Tensor,
     config, policy, log, device = setup.config, setup.policy, setup.log, setup.device
     if config.channels_last and device.type == "cuda" and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    log.open(step=session.step, epoch=epoch)
+    log.open(compose_step, step=session.step, epoch=epoch)
+    if setup.monitor is not None:
+        setup.monitor.observe(y)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=setup.amp):
         out = setup.net(x)
-        loss = setup.crit(out.float(), y)
-    log.add([loss.detach()], _loss_decoder, priority=0)
+        loss = setup.crit(*flatten_tokens(out.float(), y))    # (B, T, V) -> (B*T, V)
+    log.add("loss", [loss.detach()], _loss_part(session.step), priority=0)
     loss.backward()
     if config.keras_decay and policy.lipschitz:
         for g in policy.optimizer.param_groups:
@@ -83,10 +114,14 @@ def train_step(setup: Setup, session: Session, x: torch.Tensor, y: torch.Tensor,
     policy.optimizer.step()
     if policy.scheduler is not None and (policy.lipschitz or policy.per_step):
         policy.scheduler.step()
+    if setup.monitor is not None:
+        curv = setup.monitor.step()
+        log.add("curvature", [curv] if curv is not None else [], _curvature_part,
+                weight_decay=config.weight_decay, edge_limit=setup.monitor.limit)
     policy.optimizer.zero_grad(set_to_none=True)
     correct = correct_count(out.detach().float(), y, setup.splits.task)
     sums.add(loss, correct, len(y))
-    log.add([correct] if correct is not None else [], _tail_decoder, lr=lr_used, n=len(y),
+    log.add("correct", [correct] if correct is not None else [], _correct_part, lr=lr_used, n=len(y),
             time=session.elapsed())
     log.close_entry()
     session.step += 1
@@ -105,7 +140,7 @@ def evaluate(model, loader, criterion, task: str, device) -> tuple[float | None,
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         out = model(x).float()
-        loss_sum += criterion(out, y).double() * len(y)
+        loss_sum += criterion(*flatten_tokens(out, y)).double() * len(y)
         c = correct_count(out, y, task)
         if c is not None:
             correct += c

@@ -7,6 +7,7 @@ Exports load on first use, so ``import lipschitz_lab.ui`` stays cheap:
 - :func:`runs_panel` -- browse the run store and overlay runs
 - :func:`write_report` -- one self-contained HTML file per run
 - :func:`study_panel` -- what-if studies: policies compared side by side
+- :class:`OneWayBokeh` -- a Bokeh layout in a notebook, drawn by the kernel (no messages back)
 - :class:`LabApp` -- all four panels as tabs: the page ``lipschitz-lab app`` serves
   (``lipschitz_lab.ui.app.app()``; the module ``ui.app`` keeps that name)
 """
@@ -25,6 +26,7 @@ _LAZY = {
     "study_panel": "lipschitz_lab.ui.panel_study",     # the what-if study panel
     "StudyPanel": "lipschitz_lab.ui.panel_study",
     "LabApp": "lipschitz_lab.ui.app",                   # the desktop app's page
+    "OneWayBokeh": "lipschitz_lab.ui.bokeh_widget",     # a Bokeh layout as a widget the kernel writes
 }
 
 __all__ = list(_LAZY)

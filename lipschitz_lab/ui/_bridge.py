@@ -27,8 +27,10 @@ from typing import Any, Callable
 
 Record = dict[str, Any]
 
-#: seconds between two batches (DESIGN.md: "in batches of about 0.2 s")
-INTERVAL = 0.2
+#: seconds between two batches.  DESIGN.md began with 0.2 s; each batch costs the kernel's thread
+#: (the GIL the training thread needs) a fixed share, so the app trained 1.8x slower than the CLI
+#: under load at 0.2 s and 1.4x at 0.5 s (benchmarks/RESULTS.md, "The app against the CLI")
+INTERVAL = 0.5
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -214,6 +216,10 @@ class BridgedPanel:
     _bridge: Bridge | None
     _stop_event: threading.Event | None
     _active: bool
+
+    @property
+    def running(self) -> bool:
+        return self._active
 
     def _in_flight(self) -> None:
         """Called as a run starts: if the kernel exits meanwhile, the run stops and says so."""

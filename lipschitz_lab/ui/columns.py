@@ -22,7 +22,8 @@ EPOCH_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "
                  "test_loss", "test_acc")
 
 #: why a step's L cannot sit on a log axis, by the record's ``clamped`` (scheduler / bounds.learning_rate)
-MARK_REASONS = {"K_z=0": "K_z = 0: L = 0, rate clamped",
+#: (K_z = 0 sets the *next* rate to max_lr: per step at once, per epoch only at the epoch's end)
+MARK_REASONS = {"K_z=0": "K_z = 0: L = 0, the next rate set is max_lr",
                 "L<0": "L < 0: no rate, clamped"}
 
 

@@ -96,6 +96,7 @@ class RunFigures:
         size = {"height": height, "sizing_mode": sizing_mode} if width is None else {"width": width, "height": height}
         self.figures = self._build(size)
         self._fitted: dict[str, bool] = {}
+        self._placeholders = self._fixed_ranges()
         self.fit_ranges("epochs", False)
         self.fit_ranges("steps", False)
         self.show_smoothness(False)
@@ -114,12 +115,12 @@ class RunFigures:
         """Show the K_z, bound, gap and per-layer figures, or leave them out (a baseline policy's
         records carry no K_z, L or gradient maxima)."""
         for key in BOUND_FIGURES:
-            self.figures[key].visible = on
+            self._show(key, on)
 
     def show_smoothness(self, on: bool) -> None:
         """Show β and c/β (the smoothness figure, the lr_smooth entry of the lr legend) or hide them:
         records without β draw nothing, and their figure would be an empty box."""
-        self.figures["smooth"].visible = on
+        self._show("smooth", on)
         for item in self.figures["lr"].legend[0].items:
             if any(getattr(r.glyph, "y", None) == "lr_smooth" for r in item.renderers):
                 item.visible = on
@@ -143,44 +144,75 @@ class RunFigures:
             labels.append(label)
         p = self.figures["layers"]
         doc = p.document
+        # the range placeholder stays (see _fixed_ranges)
+        held = [self._placeholders["layers"]] if hasattr(self, "_placeholders") else []
         with doc.models.freeze() if doc is not None else contextlib.nullcontext():
-            p.renderers = renderers
+            p.renderers = renderers + held
             self._layers_legend.items = layer_legend(labels, renderers)
             if isinstance(p.y_range, DataRange1d):
-                p.y_range.renderers = renderers
+                p.y_range.renderers = renderers + held
+
+    def _show(self, key: str, on: bool) -> None:
+        """Show or hide a figure.  A hidden figure's renderers count as invisible to its DataRange1d,
+        which then warns in the console: it gets a fixed y range while hidden (only a change of
+        visibility swaps the range, so the document rarely walks its model graph for it)."""
+        p = self.figures[key]
+        if p.visible == on and hasattr(self, "_y_ranges"):
+            return
+        p.visible = on
+        if hasattr(self, "_y_ranges"):
+            log = isinstance(p.y_scale, LogScale)
+            p.y_range = self._y_ranges[key] if on else (Range1d(0.1, 10) if log else Range1d(0, 1))
+
+    @property
+    def layer_lines(self) -> list[GlyphRenderer]:
+        """The per-layer figure's lines (without its range placeholder)."""
+        return [r for r in self.figures["layers"].renderers if r is not self._placeholders["layers"]]
+
+    def _fixed_ranges(self) -> dict[str, GlyphRenderer]:
+        """Every figure's ranges, made once: DataRange1d that fit the visible renderers only, and in
+        each figure a placeholder (two invisible points over (0, 1), or (0.1, 10) on a log axis) that
+        holds the ranges while the figure has no rows.  ``fit_ranges`` only shows or hides the
+        placeholders: no new range models, so the document never walks its model graph for them
+        (~0.1-0.7 s on the kernel's thread, twice a run, while the run needs the GIL)."""
+        placeholders, self._y_ranges = {}, {}
+        for keys in (EPOCH_FIGURES, STEP_FIGURES):
+            x = DataRange1d(only_visible=True)
+            for key in keys:
+                p = self.figures[key]
+                lo, hi = (0.1, 10.0) if isinstance(p.y_scale, LogScale) else (0.0, 1.0)
+                placeholders[key] = p.scatter(x=[0, 1], y=[lo, hi], alpha=0, size=1)
+                y = DataRange1d(only_visible=True,
+                                renderers=[r for r in p.renderers if r.y_range_name == "default"])
+                self._y_ranges[key] = y
+                p.update(x_range=x, y_range=y if p.visible else Range1d(lo, hi))
+        return placeholders
 
     def fit_ranges(self, group: str, data: bool) -> None:
-        """Ranges fitted to the data (DataRange1d) for the visible figures of ``group``
-        ("epochs" or "steps") once they have rows; fixed ones while they are empty: BokehJS
-        warns in the console about a DataRange1d with nothing to fit ("could not set
-        initial ranges", "could not determine minimum data value for log axis")."""
+        """Ranges fitted to the data of ``group``'s figures ("epochs" or "steps") once they have rows;
+        the placeholders' fixed span while they are empty: BokehJS warns in the console about a
+        DataRange1d with nothing to fit ("could not set initial ranges", "could not determine
+        minimum data value for log axis")."""
         if self._fitted.get(group) == data:
             return
         self._fitted[group] = data
-        keys = EPOCH_FIGURES if group == "epochs" else STEP_FIGURES
-        x = DataRange1d() if data else Range1d(0, 1)
-        for key in keys:
-            p = self.figures[key]
-            log = isinstance(p.y_scale, LogScale)
-            if data and p.visible:
-                y = DataRange1d(renderers=[r for r in p.renderers if r.y_range_name == "default"])
-            else:
-                y = Range1d(0.1, 10) if log else Range1d(0, 1)
-            p.update(x_range=x, y_range=y)
+        for key in EPOCH_FIGURES if group == "epochs" else STEP_FIGURES:
+            self._placeholders[key].visible = not data
 
     # -- data -----------------------------------------------------------------------
     def reset(self) -> None:
         """Empty the sources (before a run starts: nothing may be streaming then)."""
         self.stride, self._rows_at_stride = 1, 0
         self._layers_checked = self._kind_checked = False
+        # fixed ranges first: a DataRange1d that sees its sources emptied warns in the console
+        self.fit_ranges("steps", False)
+        self.fit_ranges("epochs", False)
         self.steps.data = step_columns([])
         self.epochs.data = epoch_columns([])
         self.marks.data = mark_columns([])
         # the layer lines stay: the next run of the same model streams into them
         # (add_steps redraws them when the layers differ)
         self.layers.data = layer_columns([], self.layer_names)
-        self.fit_ranges("steps", False)
-        self.fit_ranges("epochs", False)
 
     def plan(self, total_steps: int | None) -> None:
         """Keep about ``max_points`` rows over ``total_steps`` steps: rows only at steps that
@@ -247,17 +279,17 @@ class RunFigures:
             self.set_layers(new_layers, kept)
         elif kept and self.layer_names:
             self.layers.stream(arrays(layer_columns(kept, self.layer_names)))
-        self.fit_ranges("steps", True)
         if kept:
             self.steps.stream(arrays(step_columns(kept)))
         marks = mark_columns(records)
         if marks["step"]:
             self.marks.stream(marks)
+        self.fit_ranges("steps", True)   # after the rows: a DataRange1d over empty sources warns
         return len(kept)
 
     def add_epochs(self, records: list[Record]) -> None:
         """Stream epoch records in (a few a minute: plain lists will do)."""
         cols = epoch_columns(records)
         if cols["epoch"]:
-            self.fit_ranges("epochs", True)
             self.epochs.stream(cols)
+            self.fit_ranges("epochs", True)

@@ -43,6 +43,48 @@ ON_CLOSE = """<script>
 </script>"""
 
 
+#: Voilà 0.5.13 (the latest) bundles JupyterLab 4.2.5's core packages, and jupyterlab_widgets 3.0.17 (which
+#: ipywidgets 8.1.9 requires) was built against 4.6: webpack says so once per shared package as the widget
+#: manager loads ("Unsatisfied version 4.2.5 ... of shared singleton module @jupyterlab/...", 13 lines).
+#: The packages are singletons without a strict version, so the one copy the page has is used and every
+#: widget works; a person opening the console would only see noise.  Exactly those lines are dropped.
+QUIET_VERSION_SKEW = """<script>
+(function () {
+  var skew = new RegExp("^(Unsatisfied version \\\\S+ from \\\\S+ of shared singleton module @jupyterlab/" +
+                        "|No satisfying version \\\\(\\\\S+\\\\) of shared module @jupyterlab/)");
+  var warn = console.warn.bind(console);
+  console.warn = function (first) {
+    if (typeof first === "string" && skew.test(first)) return;
+    warn.apply(null, arguments);
+  };
+})();
+</script>"""
+
+#: a page whose server has stopped says so (its buttons would do nothing): every few seconds it asks
+#: the server for a small static file; once that fails twice, a banner covers the top of the page
+ON_SERVER_GONE = """<script>
+(function () {
+  var misses = 0, shown = false;
+  var probe = (document.currentScript && document.currentScript.dataset.probe) || location.href;
+  function check() {
+    fetch(probe, {method: "HEAD", cache: "no-store"}).then(function () { misses = 0; }, function () {
+      misses += 1;
+      if (misses < 2 || shown) return;
+      shown = true;
+      var div = document.createElement("div");
+      div.className = "lipschitz-server-gone";
+      div.textContent = "The app's server has stopped, so this page no longer works (its runs are in the " +
+                        "run store). Start it again (make run) and open the URL it prints.";
+      div.style.cssText = "position:fixed;top:0;left:0;right:0;z-index:10000;padding:10px 16px;" +
+                          "background:#d62728;color:white;font:bold 14px sans-serif";
+      document.body.appendChild(div);
+    });
+  }
+  setInterval(check, 2000);
+})();
+</script>"""
+
+
 def write_page(folder: Path) -> Path:
     """The notebook, the kernelspec and the template under ``folder``; returns the notebook."""
     share = folder / "share" / "jupyter"
@@ -94,6 +136,8 @@ def _child_template(links: list[str]) -> str:
                         "</script>" for name in BOKEHJS)
     return ("{%- extends 'lab/index.html.j2' -%}\n"
             "{%- block notebook_css -%}\n"
-            f"{{{{ super(){drop} }}}}\n{scripts}\n{ON_CLOSE}\n"
+            f"{QUIET_VERSION_SKEW}\n{{{{ super(){drop} }}}}\n{scripts}\n{ON_CLOSE}\n"
+            + ON_SERVER_GONE.replace("<script>", '<script data-probe="{{ resources.base_url }}'
+                                     f'voila/templates/{TEMPLATE}/static/bokeh-tables.min.js">', 1) + "\n"
             "<style>.lipschitz-app { padding: 0 16px; }</style>\n"
             "{%- endblock notebook_css -%}\n")

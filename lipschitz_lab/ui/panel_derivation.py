@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from typing import Any
 
 import ipywidgets as widgets
@@ -22,13 +23,13 @@ import sympy as sp
 from bokeh.layouts import column
 from bokeh.models import ColumnDataSource, HoverTool, Range1d
 from bokeh.plotting import figure
-from jupyter_bokeh import BokehModel
 
 from lipschitz_lab import bounds
 from lipschitz_lab.symbolic import LOSS_SPECS, derive
 from lipschitz_lab.symbolic.render import to_latex, witness_text
 from lipschitz_lab.ui._bridge import load_bokehjs
 from lipschitz_lab.ui.axes import fitted_range, legend_outside
+from lipschitz_lab.ui.bokeh_widget import OneWayBokeh
 from lipschitz_lab.ui.derivation_plots import PLOT_PARAMS, plot_setup
 from lipschitz_lab.ui.smoothness_plot import smoothness_setup
 
@@ -65,10 +66,15 @@ def _points(markers: list[dict]) -> dict[str, list]:
     return {"z": [m["z"] for m in markers], "y": [m["y"] for m in markers], "text": [m["text"] for m in markers]}
 
 
-def _set_ranges(p, lo: float, hi: float, ys: list[float]) -> None:
-    """x over the z grid; y from 0 to a little above the highest curve or level."""
-    p.x_range.update(start=lo, end=hi)
-    top = fitted_range(ys, pad=0.08)[1]
+def _set_ranges(p, lo: float, hi: float, ys: list[float], marks: list[dict] = ()) -> None:
+    """x over the z grid, widened where a marker sits on its edge (half of it would be cut off);
+    y from 0 to a little above the highest curve, level or marker."""
+    pad = 0.03 * (hi - lo)
+    zs = [m["z"] for m in marks]
+    p.x_range.update(start=min([lo] + [z - pad for z in zs if z - pad < lo]),
+                     end=max([hi] + [z + pad for z in zs if z + pad > hi]))
+    values = [y for y in list(ys) + [m["y"] for m in marks] if math.isfinite(y)]
+    top = max([fitted_range(values, pad=0.08)[1]] + [1.08 * y for y in values])    # a flat curve too
     p.y_range.update(start=0.0, end=top if top > 0 else 1.0)
 
 
@@ -112,7 +118,7 @@ class DerivationPanel(widgets.VBox):
         self.smooth_setup: dict[str, Any] | None = None
         self.show(loss)                          # 1) data and ranges first,
         load_bokehjs()
-        self.bokeh = BokehModel(column(self.plot, self.smooth_plot))   # 2) then the widget renders them
+        self.bokeh = OneWayBokeh(column(self.plot, self.smooth_plot))   # 2) then the widget renders them
         self.loss.observe(lambda change: self.show(change["new"]), names="value")
         super().__init__(children=[self.loss, self.title, self.latex, self.claim, self.smooth_text, self.bokeh])
         self.add_class("lipschitz-derivation-panel")
@@ -122,8 +128,8 @@ class DerivationPanel(widgets.VBox):
         d = derive(name)
         self.setup = plot_setup(name)
         self.title.value = f"<h3>{html.escape(d.spec.title)}</h3>"
-        self.latex.value = "$$" + to_latex(d) + "$$"
-        self.claim.value = self._claim(d)
+        self.latex.value = "$$" + _tex(to_latex(d)) + "$$"
+        self.claim.value = _tex(self._claim(d))
         self._show_derivative(d, self.setup)
         self.smooth_setup = smoothness_setup(name)
         self._show_smoothness(d, self.smooth_setup)
@@ -145,9 +151,12 @@ class DerivationPanel(widgets.VBox):
         has_paper = not math.isnan(s["paper"])
         self.paper_level.data = {"x0": [lo], "x1": [hi], "y": [s["paper"]]} if has_paper else dict(EMPTY_LEVEL)
         self.witness.data = _points([s["marker"]] if s["marker"] else [])
+        _show_entries(self.plot, {"the paper's value": has_paper,
+                                  "witness: the paper fails here": bool(s["marker"])})
+        marks = [s["marker"]] if s["marker"] else []
         _set_ranges(self.plot, lo, hi, [y for c in s["curves"] for y in c["y"]] + [s["sup"]]
-                    + ([s["paper"]] if has_paper else []))
-        params = ", ".join(f"{k} = {v:g}" for k, v in s["params"].items() if k in _used(d))
+                    + ([s["paper"]] if has_paper else []), marks)
+        params = ", ".join(f"{_name(k)} = {v:g}" for k, v in s["params"].items() if k in _used(d))
         paper = f", paper's value {s['paper']:.4g}" if has_paper else ""
         self.plot.title.text = f"|∂E/∂z| of {s['name']} over z ({params}): sup {s['sup']:.4g}{paper}"
 
@@ -163,15 +172,36 @@ class DerivationPanel(widgets.VBox):
         self.smooth_curves.data = _curves(s["curves"])
         self.smooth_level.data = {"x0": [lo], "x1": [hi], "y": [s["S2"]]}
         self.smooth_witness.data = _points(s["markers"])
-        _set_ranges(self.smooth_plot, lo, hi, [y for c in s["curves"] for y in c["y"]] + [s["S2"]])
+        _show_entries(self.smooth_plot, {"witness": bool(s["markers"])})
+        ys = [y for c in s["curves"] for y in c["y"]] + [s["S2"]]
+        _set_ranges(self.smooth_plot, lo, hi, ys, s["markers"])
         used = set(bounds.FUNCTIONS[(s["name"], "smooth")][1]) | ({"k"} if s["kind"] == "softmax" else set())
-        params = ", ".join(f"{k} = {_num(v)}" for k, v in s["params"].items() if k in used)
+        params = ", ".join(f"{_name(k)} = {_num(v)}" for k, v in s["params"].items() if k in used)
         self.smooth_plot.title.text = f"{s['what']} of {s['name']} ({params}): S₂ = {s['S2']:.4g}"
         self.smooth_plot.xaxis.axis_label = s["x_label"]
         self.smooth_plot.yaxis.axis_label = s["y_label"]
         how = ("attained" if s["attained"] else "approached in a limit") if s["tight"] else "an upper bound"
         self.smooth_text.value = (r"<p>Smoothness: $S_2 = \sup\|\nabla^2_z E\|_2 = %s$ (%s; %s).</p>"
-                                  % (sp.latex(s["value"]), html.escape(s["method"]), how))
+                                  % (_tex(sp.latex(s["value"])), html.escape(s["method"]), how))
+
+
+def _name(symbol: str) -> str:
+    """A parameter as a reader writes it: ε, not "eps"."""
+    return "\u03b5" if symbol == "eps" else symbol
+
+
+def _tex(latex: str) -> str:
+    """SymPy writes the symbol eps as ``eps``, which MathJax sets as e·p·s: ``\\varepsilon``."""
+    return re.sub(r"(?<![\\A-Za-z])eps(?![A-Za-z])", r"\\varepsilon", latex)
+
+
+def _show_entries(p, shown: dict[str, bool]) -> None:
+    """Legend entries whose glyphs draw nothing for this loss (no paper value, no witness) are hidden."""
+    for item in p.legend[0].items:
+        label = item.label.get("value") if isinstance(item.label, dict) else \
+            getattr(item.label, "value", None)
+        if label in shown:
+            item.visible = shown[label]
 
 
 def _num(v) -> str:

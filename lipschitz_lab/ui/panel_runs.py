@@ -6,9 +6,11 @@ sources hold one row per run (``multi_line``), so choosing runs replaces them.
 """
 from __future__ import annotations
 
+import base64
 import html
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
@@ -16,29 +18,39 @@ from bokeh.layouts import gridplot
 from bokeh.models import ColumnDataSource, DataRange1d, LogScale, Range1d
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
-from jupyter_bokeh import BokehModel
 
 from lipschitz_lab.runs import RunStore
+from lipschitz_lab.runs.verdict import verdict
 from lipschitz_lab.ui._bridge import load_bokehjs
 from lipschitz_lab.ui.axes import integer_axis, legend_outside, readable_log_axis
+from lipschitz_lab.ui.bokeh_widget import OneWayBokeh
 from lipschitz_lab.ui.figures import epoch_columns, number, step_columns
 from lipschitz_lab.ui.report import as_store
 
 #: the table's columns: (header, how to get it from a run and its last epoch record)
-COLUMNS = ("id", "name", "status", "dataset", "model", "policy", "final val_acc", "final test_acc")
+COLUMNS = ("id", "name", "status", "verdict", "dataset", "model", "loss", "policy", "final val_acc",
+           "final test_acc")
 #: step rows drawn per run at most (evenly thinned beyond)
 MAX_POINTS = 2000
 
 
-def _summary(run: dict, last: dict | None) -> dict[str, Any]:
+def _summary(run: dict, records: list[dict]) -> dict[str, Any]:
     cfg = run["config"]
     policy = cfg.get("lr_policy", "?")
     if policy == "lipschitz":
-        policy = f"lipschitz ({cfg.get('bound')}, {cfg.get('optimizer')})"
-    last = last or {}
-    return {"id": run["id"], "name": run["name"] or "", "status": run["status"],
-            "dataset": cfg.get("dataset", "?"), "model": cfg.get("model", "?"), "policy": policy,
+        policy = f"lipschitz ({cfg.get('bound')}, per {cfg.get('recompute')}, {cfg.get('optimizer')})"
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    last = epochs[-1] if epochs else {}
+    said = verdict(records, run["status"], run.get("reason"), config=cfg)
+    return {"id": run["id"], "name": run["name"] or "", "status": run["status"], "verdict": said.kind,
+            "why": said.text, "dataset": cfg.get("dataset", "?"), "model": cfg.get("model", "?"),
+            "loss": cfg.get("loss", "?"), "policy": policy,
             "final val_acc": number(last.get("val_acc")), "final test_acc": number(last.get("test_acc"))}
+
+
+def _title(summary: dict[str, Any], column: str) -> str:
+    """The verdict's cell carries the whole sentence as its tooltip."""
+    return f" title='{html.escape(summary['why'], quote=True)}'" if column == "verdict" else ""
 
 
 def _cell(value: Any) -> str:
@@ -57,6 +69,13 @@ class RunsPanel(widgets.VBox):
                                              layout=widgets.Layout(width="640px"))
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
         self.refresh_button.on_click(lambda _b: self.refresh())
+        self.report_button = widgets.Button(description="Report", icon="file",
+                                            tooltip="the chosen runs' reports")
+        self.export_button = widgets.Button(description="Export CSV", icon="download",
+                                            tooltip="the chosen runs' step records as CSV")
+        self.report_button.on_click(lambda _b: self.links_for("report"))
+        self.export_button.on_click(lambda _b: self.links_for("csv"))
+        self.links = widgets.HTML()
         self.select.observe(lambda change: self.overlay(change["new"]), names="value")
         self.summaries: list[dict[str, Any]] = []
 
@@ -72,15 +91,18 @@ class RunsPanel(widgets.VBox):
         }
         self.figures["acc"].scatter("x", "y", source=self.acc_points, color="color", size=6)
         load_bokehjs()
-        self.plot = BokehModel(gridplot([[self.figures["acc"], self.figures["lr"]], [self.figures["loss"], None]]))
+        f = self.figures
+        self.plot = OneWayBokeh(gridplot([[f["acc"], f["lr"]], [f["loss"], None]]))
         self.refresh()
         hint = widgets.HTML("<i>Choose runs (ctrl- or shift-click) to overlay their curves.</i>")
-        super().__init__(children=[self.table, hint, widgets.HBox([self.select, self.refresh_button]), self.plot])
+        buttons = widgets.VBox([self.refresh_button, self.report_button, self.export_button])
+        super().__init__(children=[self.table, hint, widgets.HBox([self.select, buttons]), self.links,
+                                   self.plot])
         self.add_class("lipschitz-runs-panel")
 
     @staticmethod
     def _fig(title: str, x: str, y: str, source: ColumnDataSource, y_log: bool = False):
-        p = figure(title=title, width=520, height=260, x_axis_label=x, y_axis_label=y,
+        p = figure(title=title, width=720, height=260, x_axis_label=x, y_axis_label=y,
                    y_axis_type="log" if y_log else "linear", tools="pan,box_zoom,wheel_zoom,reset,save",
                    x_range=Range1d(0, 1), y_range=Range1d(0.1, 10) if y_log else Range1d(0, 1))
         p.multi_line("xs", "ys", source=source, color="color", line_width=2, legend_field="label")
@@ -106,24 +128,40 @@ class RunsPanel(widgets.VBox):
         runs = self.store.list_runs()
         self.summaries = []
         for run in runs:
-            epochs = self.store.records(run["id"], "epoch")
-            self.summaries.append(_summary(run, epochs[-1] if epochs else None))
+            self.summaries.append(_summary(run, self.store.records(run["id"])))
         head = "".join(f"<th style='padding:0 .6em;text-align:left'>{c}</th>" for c in COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td style='padding:0 .6em'>{_cell(s[c])}</td>" for c in COLUMNS)
-                       + "</tr>" for s in reversed(self.summaries))
+        body = "".join("<tr>" + "".join(f"<td style='padding:0 .6em'{_title(s, c)}>{_cell(s[c])}</td>"
+                                        for c in COLUMNS) + "</tr>" for s in reversed(self.summaries))
         self.table.value = (f"<b>{len(runs)} runs</b> in <code>{html.escape(str(self.store.path))}</code>"
                             f"<table style='font-size:90%'><tr>{head}</tr>{body}</table>")
         chosen = [v for v in self.select.value if any(s["id"] == v for s in self.summaries)]
-        self.select.options = [(f"{s['id']}  {s['name']}  {s['dataset']}/{s['model']}  {s['policy']}", s["id"])
-                               for s in reversed(self.summaries)]
+        self.select.options = [(f"{s['id']}  {s['name']}  {s['dataset']}/{s['model']}/{s['loss']}  "
+                                f"{s['policy']}  {s['verdict']}", s["id"]) for s in reversed(self.summaries)]
         self.select.value = tuple(chosen)
+
+    def links_for(self, what: str) -> None:
+        """Write the chosen runs' reports (``"report"``) or step CSVs (``"csv"``) and offer each as a
+        download link (a data URL: the app's server serves no files) beside its path on disk."""
+        from lipschitz_lab.ui.report import write_report
+        items = []
+        for run_id in self.select.value:
+            if what == "report":
+                path, mime = write_report(self.store, run_id), "text/html"
+            else:
+                path = Path(self.store.path).parent / "exports" / f"{run_id}.csv"
+                path, mime = self.store.export_csv(run_id, path), "text/csv"
+            data = base64.b64encode(path.read_bytes()).decode()
+            items.append(f"<a download='{path.name}' href='data:{mime};base64,{data}'>{path.name}</a> "
+                         f"<code>{html.escape(str(path))}</code>")
+        self.links.value = "<br>".join(items) or "<i>choose runs first</i>"
 
     def overlay(self, run_ids) -> None:
         """Draw the chosen runs (the multi-select calls this)."""
         acc, lr, loss = ({"xs": [], "ys": [], "label": [], "color": []} for _ in range(3))
         for i, run_id in enumerate(run_ids):
             run = self.store.get_run(run_id)
-            label = run["name"] or run_id
+            # one legend entry per run: two runs of the same name differ in their id
+            label = f"{run['name']} ({run_id[-4:]})" if run["name"] else run_id
             color = Category10_10[i % 10]
             e = epoch_columns(self.store.records(run_id, "epoch"))
             s = step_columns(self.store.records(run_id, "step"))

@@ -12,7 +12,7 @@ Threads (docs/architecture.md, "Threads in the notebook"):
    for the records and the progress of the study's runs and only queues them on a
    :class:`~lipschitz_lab.ui._bridge.Bridge`: it sees runs in other processes, or machines, alike.
 3. One function, :meth:`StudyPanel._apply`, updates the Bokeh sources and the
-   widgets on the kernel's event loop, in batches of about 0.2 s.
+   widgets on the kernel's event loop, in batches of about 0.5 s.
 4. Stop sets the study's stop event: runs in flight stop after their batch
    (status "stopped", resumable by launching again) and no new run starts.
 
@@ -29,28 +29,20 @@ from typing import Any, Callable
 
 import ipywidgets as widgets
 import pandas as pd
-from jupyter_bokeh import BokehModel
 
 from lipschitz_lab.choices import choices
 from lipschitz_lab.config import ConfigError, TrainConfig
 from lipschitz_lab.runs import RunStore
-from lipschitz_lab.studies.spec import StudySpec, catalogue, select
+from lipschitz_lab.studies.spec import StudySpec, catalogue, select, validate_study
 from lipschitz_lab.ui._bridge import Bridge, BridgedPanel, load_bokehjs, poll_study, running_loop
 from lipschitz_lab.ui._fields import LABEL_WIDTH, DataFields, duration, inline_markdown, int_field, read_int
+from lipschitz_lab.ui._study_parts import (DEFAULT_SELECTION, backends, hint, lines, policy_selector,
+                                           results_html)
+from lipschitz_lab.ui.bokeh_widget import OneWayBokeh
 from lipschitz_lab.ui.report import as_store
 from lipschitz_lab.ui.study_plots import StudyFigures
 
 Record = dict[str, Any]
-
-#: the policies selected when the panel opens: the paper's rate against a few baselines
-DEFAULT_SELECTION = ("lipschitz-paper-epoch-sgd", "lipschitz-corrected-epoch-sgd", "constant-0.1",
-                     "onecycle-0.1", "prodigy")
-
-
-def _backends() -> tuple[str, ...]:
-    from lipschitz_lab.studies.backends import BACKENDS
-    return BACKENDS
-
 
 class StudyPanel(BridgedPanel, widgets.VBox):
     """A policy multi-select, the data and run length, seeds, the backend, Launch/Stop, a status
@@ -67,9 +59,7 @@ class StudyPanel(BridgedPanel, widgets.VBox):
         self.store = as_store(store)
         self.base, self.name, self.target_acc, self.poll = dict(base), name, target_acc, poll
         self.catalogue = catalogue()
-        self.selector = widgets.SelectMultiple(options=list(self.catalogue), rows=14, description="policies",
-                                               value=tuple(p.name for p in select(list(policies))))
-        self.selector.layout.width = "420px"
+        self.selector = policy_selector(self.catalogue, policies)
         self.data = DataFields(cfg, choices())
         models = list(choices()["model"])
         self.model = widgets.Dropdown(options=models + ([cfg.model] if cfg.model not in models else []),
@@ -78,7 +68,7 @@ class StudyPanel(BridgedPanel, widgets.VBox):
         self.max_steps = int_field("max steps", cfg.max_steps, "max_steps")
         self.batch_size = int_field("batch size m", cfg.batch_size, "batch_size")
         self.seeds = widgets.Text(value=", ".join(str(s) for s in seeds), description="seeds")
-        self.backend = widgets.Dropdown(options=list(_backends()), value="local", description="backend")
+        self.backend = widgets.Dropdown(options=list(backends()), value="local", description="backend")
         self.address = widgets.Text(value="", description="Ray address", placeholder="auto, ray://host:10001")
         self.workers = widgets.BoundedIntText(value=workers, min=1, max=256, description="workers")
         self.backend.observe(lambda _c: self._show_address(), names="value")
@@ -92,10 +82,8 @@ class StudyPanel(BridgedPanel, widgets.VBox):
         self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.launch_button.on_click(self.launch)
         self.stop_button.on_click(self.stop)
-        self.status = widgets.HTML(value="<b>ready</b>: pick policies, press Launch")
-        self.progress = widgets.HTML(value="")
-        self.status.add_class("lipschitz-status")
-        self.progress.add_class("lipschitz-progress")
+        # the status line, the progress line, and at the end each policy's accuracy and verdict
+        self.status, self.progress, self.outcomes = lines("<b>ready</b>: pick policies, press Launch")
         self.plot_box = widgets.Box()
 
         self.spec: StudySpec | None = None
@@ -117,7 +105,8 @@ class StudyPanel(BridgedPanel, widgets.VBox):
         grid = widgets.GridBox(fields, layout=widgets.Layout(grid_template_columns="repeat(2, 310px)"))
         controls = widgets.VBox([grid, self.data.data_root, self.data.path,
                                  widgets.HBox([self.launch_button, self.stop_button])])
-        super().__init__(children=[widgets.HBox([self.selector, controls]), self.status, self.progress,
+        picker = widgets.VBox([self.selector, hint()])
+        super().__init__(children=[widgets.HBox([picker, controls]), self.status, self.progress, self.outcomes,
                                    self.plot_box])
         self.add_class("lipschitz-study-panel")
 
@@ -154,19 +143,15 @@ class StudyPanel(BridgedPanel, widgets.VBox):
         if missing:
             raise ConfigError(missing)
         spec = StudySpec(self.name, base, [self.catalogue[n] for n in self.selector.value], seeds, self.target_acc)
-        spec.runs()                                     # every config validated now, in the cell
+        validate_study(spec)              # every policy's config built and checked now: one line if bad
         return spec
-
-    @property
-    def running(self) -> bool:
-        return self._active
 
     # -- buttons --------------------------------------------------------------------
     def launch(self, _button: widgets.Button | None = None) -> None:
         """Start the study in a background thread (a second Launch while one runs does nothing)."""
         if self._active:
             return
-        self.progress.value = ""                 # nothing of an earlier study stays under a new line
+        self.progress.value = self.outcomes.value = ""   # nothing of an earlier study stays
         try:
             self.spec = self.build_spec()
         except ConfigError as exc:
@@ -177,7 +162,7 @@ class StudyPanel(BridgedPanel, widgets.VBox):
         self._epochs, self._steps, self._runs = {}, {}, {}
         self.figures = StudyFigures([p.name for p in self.spec.policies],
                                     {p.name: p.family for p in self.spec.policies}, width=820, height=300)
-        self.plot_box.children = (BokehModel(self.figures.layout),)
+        self.plot_box.children = (OneWayBokeh(self.figures.layout),)
         self._active, self._t0 = True, time.monotonic()
         self.launch_button.disabled, self.stop_button.disabled = True, False
         n = len(self.spec.policies) * len(self.spec.seeds)
@@ -269,6 +254,7 @@ class StudyPanel(BridgedPanel, widgets.VBox):
                                             "runs are skipped)")
             else:
                 text = inline_markdown(verdict(table)) if len(table) else "no runs"
+                self.outcomes.value = results_html(table)
                 skipped = result.count(action="skipped") if result else 0
                 self._set_status("finished", f"{trained} trained, {skipped} already in the store, {wall} · {text}")
         elif r["event"] == "failed":

@@ -9,7 +9,7 @@ Threads (docs/architecture.md, "Threads in the notebook"):
    in a ``threading.Thread``.
 2. The thread only puts plain records on the :class:`~lipschitz_lab.ui._bridge.Bridge`'s queue.
 3. One function, :meth:`TrainingPanel._apply`, applies them to the Bokeh sources and the
-   widgets on the kernel's event loop, in batches of about 0.2 s.
+   widgets on the kernel's event loop, in batches of about 0.5 s.
 4. Stop sets the trainer's ``stop_event``; the run ends within one batch, status "stopped".
 
 No cell ever joins the thread.  Tests and scripts without a running loop call
@@ -24,35 +24,23 @@ import traceback
 from typing import Any, Callable
 
 import ipywidgets as widgets
-from jupyter_bokeh import BokehModel
 
-from lipschitz_lab.config import TrainConfig
+from lipschitz_lab.config import PAPER_RULE, TrainConfig
 from lipschitz_lab.runs import RunStore
+from lipschitz_lab.runs.verdict import Tally
 from lipschitz_lab.ui._bridge import Bridge, BridgedPanel, load_bokehjs, running_loop
-from lipschitz_lab.ui._fields import LABEL_WIDTH, DataFields, duration, time_left
+from lipschitz_lab.ui._fields import DataFields, read_int
+from lipschitz_lab.ui._training_parts import (DROPDOWNS, INTEGERS, dataset_task, make_controls, progress_text,
+                                              run_name, running_text)
+from lipschitz_lab.ui.bokeh_widget import OneWayBokeh
 from lipschitz_lab.ui.figures import RunFigures, number
 from lipschitz_lab.ui.report import as_store
 
 Record = dict[str, Any]
 
-#: the widgets, by config field; the menus' choices are choices.choices(), read live
-DROPDOWNS = ("model", "loss", "lr_policy", "optimizer", "bound", "kz", "recompute")
-NUMBERS = ("batch_size", "epochs", "weight_decay", "min_lr", "max_lr")
-LABELS = {"model": "model", "loss": "loss", "lr_policy": "policy", "optimizer": "optimizer", "bound": "bound",
-          "kz": "K_z definition", "recompute": "recompute", "batch_size": "batch size m", "epochs": "epochs",
-          "weight_decay": "weight decay λ", "min_lr": "min lr", "max_lr": "max lr"}
-
-
 def _choices() -> dict[str, tuple[str, ...]]:
     from lipschitz_lab.choices import choices
     return choices()
-
-
-def run_name(cfg: dict[str, Any]) -> str:
-    """What ``runs list`` calls a run started here: ``"lipschitz strict (panel)"``."""
-    policy = cfg.get("lr_policy", "lipschitz")
-    detail = cfg.get("bound", "paper") if policy == "lipschitz" else f"lr={cfg.get('lr', 0.01):g}"
-    return f"{policy} {detail} (panel)"
 
 
 class TrainingPanel(BridgedPanel, widgets.VBox):
@@ -69,25 +57,19 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         self.defaults = dict(defaults)
         choices = _choices()
         self.data = DataFields(base, choices)
-        self.controls: dict[str, widgets.ValueWidget] = {"dataset": self.data.dataset}
-        for name in DROPDOWNS:
-            self.controls[name] = widgets.Dropdown(options=[getattr(base, name)], value=getattr(base, name),
-                                                   description=LABELS[name])
-        self.controls["device"] = self.data.device
-        for name in NUMBERS:
-            kind = widgets.IntText if name in ("batch_size", "epochs") else widgets.FloatText
-            self.controls[name] = kind(value=getattr(base, name), description=LABELS[name])
-        for w in self.controls.values():
-            w.style.description_width = LABEL_WIDTH
-            w.layout.width = "260px"
+        self.controls = make_controls(base, self.data)
         self.refresh_choices(choices)
         self.data.data_root.layout.width = "530px"
         self.data.path.layout.width = "530px"
 
         self.start_button = widgets.Button(description="Start", button_style="success", icon="play")
         self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
+        self.paper_button = widgets.Button(description="the paper's rule", icon="book",
+                                           tooltip="bound paper, recomputed per epoch (Yedida & Saha, 2019)")
         self.start_button.on_click(self.start)
         self.stop_button.on_click(self.stop)
+        self.paper_button.on_click(lambda _b: self.use(**PAPER_RULE))
+        self.data.dataset.observe(lambda _c: self._fit_loss(), names="value")
         self.status = widgets.HTML(value="<b>ready</b>: press Start")
         self.counter = widgets.HTML(value="step 0")
         self.status.add_class("lipschitz-status")
@@ -95,7 +77,7 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
 
         self.figures = RunFigures()
         load_bokehjs()
-        self.plot = BokehModel(self.figures.layout)
+        self.plot = OneWayBokeh(self.figures.layout)
 
         self.run_id: str | None = None
         self.run = None                     # the trainer's Run once it returns
@@ -107,10 +89,13 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         self._active = False
         self._cfg: dict[str, Any] = {}
         self._per_epoch: int | None = None   # steps per epoch, once known
+        self._tally = Tally()                # the run's verdict so far (runs/verdict.py)
+        self._said: str | None = None
+        self._running = False
 
         grid = widgets.GridBox(list(self.controls.values()),
                                layout=widgets.Layout(grid_template_columns="repeat(3, 270px)"))
-        bar = widgets.HBox([self.start_button, self.stop_button, self.counter],
+        bar = widgets.HBox([self.start_button, self.stop_button, self.paper_button, self.counter],
                            layout=widgets.Layout(align_items="center"))
         super().__init__(children=[grid, self.data.data_root, self.data.path, bar, self.status, self.plot])
         self.add_class("lipschitz-training-panel")
@@ -127,10 +112,28 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
                 w.options = options
                 w.value = value
 
+    def use(self, **values: Any) -> None:
+        """Set widgets by config field (the paper's rule button: bound and recompute)."""
+        for name, value in values.items():
+            w = self.controls[name]
+            w.value = str(value) if name in INTEGERS else value
+
+    def _fit_loss(self) -> None:
+        """A data set of another task gets a loss that suits it (MNIST after breast_cancer: not bce)."""
+        from lipschitz_lab.losses import task_of
+        task, loss = dataset_task(self.data.dataset.value), self.controls["loss"]
+        if task is None or task_of(loss.value) == task:
+            return
+        fits = [name for name in loss.options if task_of(name) == task]
+        if fits:
+            loss.value = fits[0]
+
     def config(self) -> dict[str, Any]:
-        """The config a Start would train: the defaults, overridden by the widgets."""
+        """The config a Start would train: the defaults, overridden by the widgets (a ConfigError
+        names a field typed wrong)."""
         cfg = dict(self.defaults)
-        cfg.update({name: w.value for name, w in self.controls.items()})
+        cfg.update({name: read_int(w, optional=False) if name in INTEGERS else w.value
+                    for name, w in self.controls.items()})
         data = self.data.config()
         same_set = data["dataset"] == self.defaults.get("dataset", TrainConfig.dataset)
         options = dict(self.defaults.get("dataset_options") or {}) if same_set else {}
@@ -139,25 +142,26 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         cfg["name"] = cfg["name"] or run_name(cfg)
         return cfg
 
-    @property
-    def running(self) -> bool:
-        return self._active
-
     # -- buttons --------------------------------------------------------------------
     def start(self, _button: widgets.Button | None = None) -> None:
         """Start a run in a background thread (a second Start while one runs does nothing)."""
         if self._active:
             return
         self.refresh_choices()
-        cfg = self._cfg = self.config()
         self.run_id = self.run = self.error = None
+        try:
+            cfg = self._cfg = self.config()
+        except ValueError as exc:            # a field typed wrong: one line naming it
+            self._refuse(str(exc))
+            return
         missing = self.data.check(cfg)
         if missing:                          # nothing is created: say which files go where
-            self.error = missing
-            self._set_status("error", html.escape(missing))
+            self._refuse(missing)
             return
         self._active = True
         self._per_epoch = None
+        self._tally = Tally(max_lr=cfg.get("max_lr"))
+        self._said = None                    # the verdict kind the status line shows
         self.figures.reset()
         self.figures.plan(cfg.get("max_steps"))
         self.counter.value = "step 0"
@@ -170,6 +174,12 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
                                         name="lipschitz-lab-train", daemon=True)
         self._thread.start()
         self._in_flight()
+
+    def _refuse(self, message: str) -> None:
+        """Nothing starts: the message, and no step line of an earlier run under it."""
+        self.error = message
+        self.counter.value = ""
+        self._set_status("error", html.escape(message))
 
     def stop(self, _button: widgets.Button | None = None) -> None:
         """Ask the run to stop; it ends after the batch in progress."""
@@ -195,6 +205,9 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
 
     # -- the loop side: the one function that touches Bokeh and the widgets ----------------
     def _apply(self, batch: list[Record]) -> None:
+        for r in batch:      # first: the running status says the steps per epoch, so the first rows thin
+            if r.get("kind") == "status":
+                self._on_status(r)
         steps = [r for r in batch if r.get("kind") == "step"]
         epochs = [r for r in batch if r.get("kind") == "epoch"]
         self.figures.add_steps(steps)
@@ -204,13 +217,12 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
             last = epochs[-1]
             self._per_epoch = max(1, round(int(last["step"]) / (int(last["epoch"]) + 1)))
             self.figures.plan(self.total_steps())
+        self._tally.add(r for r in batch if r.get("kind") in ("step", "epoch"))
         if steps:
             self._show_progress(steps[-1])
+            self._show_verdict()
         for r in batch:
-            kind = r.get("kind")
-            if kind == "status":
-                self._on_status(r)
-            elif kind == "panel":
+            if r.get("kind") == "panel":
                 self._on_panel(r)
 
     def total_steps(self) -> int | None:
@@ -220,23 +232,26 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         return min(x for x in (cap, full) if x) if (cap or full) else None
 
     def _show_progress(self, r: Record) -> None:
-        """``step 120/940 · epoch 2/10 · 0:12 elapsed · ~1:20 left · lr 0.0123``."""
-        step, total = int(r["step"]) + 1, self.total_steps()
-        elapsed = number(r.get("time"))
-        of = f"/{total:,}" if total else ""
-        clock = "" if math.isnan(elapsed) else f" · {duration(elapsed)} elapsed{time_left(elapsed, step, total)}"
-        self.counter.value = (f"step <b>{step}</b>{of} · epoch {int(r['epoch']) + 1}/{self._cfg.get('epochs')}"
-                              f"{clock} · lr {number(r.get('lr')):.4g}")
+        self.counter.value = progress_text(r, self.total_steps(), self._cfg.get("epochs"))
+
+    def _show_verdict(self) -> None:
+        """While running, the status line says a run gone wrong as soon as its records show it."""
+        said = self._tally.verdict(config=self._cfg)
+        if self._active and self._running and said.kind != self._said:
+            self._said = said.kind
+            text = running_text(self.run_id, self._cfg)
+            more = "" if said.kind == "healthy" else f" · {html.escape(said.text)}"
+            self._set_status("running", text + more)
 
     def _on_status(self, r: Record) -> None:
         self.run_id = r.get("run_id") or self.run_id
         if r.get("steps_per_epoch") and self._per_epoch is None:
             self._per_epoch = int(r["steps_per_epoch"])
             self.figures.plan(self.total_steps())
-        if r["status"] == "running":
-            cfg = {**TrainConfig().to_dict(), **self._cfg}    # the run's, not the widgets' now
-            self._set_status("running", f"run <code>{self.run_id}</code> · {cfg['dataset']} / {cfg['model']}"
-                                        f" / {cfg['loss']} / {cfg['lr_policy']} · {html.escape(cfg['device'])}")
+        self._running = r["status"] == "running"
+        if self._running:
+            self._said = None
+            self._show_verdict()
         else:
             reason = f" · {html.escape(r['reason'])}" if r.get("reason") else ""
             self._set_status(r["status"], f"run <code>{self.run_id}</code> at step {r.get('step')}{reason}")
@@ -246,9 +261,10 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         if event == "done":
             final = self.figures.epochs.data.get("val_acc") or []
             acc = f" · val_acc {final[-1]:.4f}" if len(final) and not math.isnan(final[-1]) else ""
-            reason = f" · {html.escape(r['reason'])}" if r.get("reason") else ""
+            said = self._tally.verdict(r["status"], r.get("reason"), config=self._cfg)
+            reason = f" · {html.escape(r['reason'])}" if r.get("reason") and said.kind != "diverged" else ""
             self._set_status(r["status"], f"run <code>{r['run_id']}</code> · {r['steps']} steps in "
-                                          f"{r['wall_time']:.1f} s{acc}{reason}")
+                                          f"{r['wall_time']:.1f} s{acc}{reason} · {html.escape(said.text)}")
         else:  # "error" (bad config: no run was created) or "failed"
             self.error = r["message"]
             self._set_status("error" if event == "error" else "failed", html.escape(r["message"]))

@@ -15,6 +15,7 @@ from bokeh.models import Div
 from bokeh.resources import INLINE
 
 from lipschitz_lab.runs import RunStore, open_store
+from lipschitz_lab.runs.verdict import verdict
 from lipschitz_lab.ui.figures import RunFigures, has_lipschitz_fields, number
 
 #: figures a row, and each figure's height: the report fills the page's width (stretch_width)
@@ -38,7 +39,7 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
-def _header(run: dict, epochs: list[dict], lipschitz: bool) -> Div:
+def _header(run: dict, epochs: list[dict], lipschitz: bool, said) -> Div:
     cfg = run["config"]
     title = html.escape(run["name"] or run["id"])
     rows = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td>{_fmt(cfg[k])}</td></tr>"
@@ -54,6 +55,7 @@ def _header(run: dict, epochs: list[dict], lipschitz: bool) -> Div:
             f"<p>run <code>{html.escape(run['id'])}</code> · status <b>{html.escape(run['status'])}</b>{reason}"
             f" · created {html.escape(run['created'])}"
             + (f" · final {final}" if final else "") + "</p>"
+            f"<p class='lipschitz-verdict'>verdict: <b>{html.escape(said.text)}</b></p>"
             f"{note}<table style='font-size:90%'>{rows}</table>")
     return Div(text=text, sizing_mode="stretch_width")
 
@@ -72,7 +74,8 @@ def write_report(store: RunStore | str | os.PathLike, run_id: str, path: str | o
 
     figs = RunFigures(ncols=REPORT_COLUMNS, height=REPORT_HEIGHT)      # the page's width
     figs.load(records)
-    doc = column(_header(run, epochs, lipschitz), figs.layout, sizing_mode="stretch_width")
+    said = verdict(records, run["status"], run.get("reason"), config=run["config"])
+    doc = column(_header(run, epochs, lipschitz, said), figs.layout, sizing_mode="stretch_width")
 
     out = Path(path) if path is not None else Path(store.path).parent / "reports" / f"{run_id}.html"
     out.parent.mkdir(parents=True, exist_ok=True)

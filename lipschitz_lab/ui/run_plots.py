@@ -111,9 +111,11 @@ def bound_figures(S: ColumnDataSource, marks: ColumnDataSource, size: dict, step
     legend_outside(p)
 
     p = f["gap"] = new_figure("gap", "step", "grad_last / L", size, y_log=True, x_range=steps_x)
-    p.line("step", "gap", source=S, color="#d62728", line_width=2, legend_label="/ L (in use)")
-    p.line("step", "gap_paper", source=S, color="#ff7f0e", line_dash="dashed", legend_label="/ L_paper")
-    p.line("step", "gap_corrected", source=S, color="#17becf", line_dash="dotted", legend_label="/ L_corrected")
+    p.line("step", "gap", source=S, color="#d62728", line_width=2, legend_label="grad_last / L (in use)")
+    p.line("step", "gap_paper", source=S, color="#ff7f0e", line_dash="dashed",
+           legend_label="grad_last / L_paper")
+    p.line("step", "gap_corrected", source=S, color="#17becf", line_dash="dotted",
+           legend_label="grad_last / L_corrected")
     # a glyph, not a Span: the y range then always reaches 1, the level the title speaks of
     p.hspan(y=[1.0], line_color="gray", line_dash="dashed", line_width=1.5, legend_label="1: L is tight")
     draw_marks(p, marks)

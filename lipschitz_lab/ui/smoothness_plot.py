@@ -127,4 +127,17 @@ def smoothness_setup(name: str) -> dict[str, Any] | None:
     s = _softmax(name, sm) if batch == "softmax" else _elementwise(name, d, sm)
     s.update(name=name, S2=_s2(name, s["params"]), method=sm.method, value=sm.value,
              tight=sm.tight, attained=sm.attained)
+    if batch == "softmax":
+        _drop_lookalikes(s)
     return s
+
+
+def _drop_lookalikes(s: dict[str, Any], tol: float = 1e-3) -> None:
+    """The limit's curves converge: one within ``tol``·S₂ of a curve already drawn would only hide
+    under it (the legend would list a line nobody can see); it goes, with its marker."""
+    kept, markers = [], []
+    for curve, marker in zip(s["curves"], s["markers"]):
+        if all(max(abs(a - b) for a, b in zip(curve["y"], c["y"])) > tol * s["S2"] for c in kept):
+            kept.append(curve)
+            markers.append(marker)
+    s["curves"], s["markers"] = kept, markers

@@ -12,13 +12,15 @@ the live study panel can update them in place; :func:`study_figures` and
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Legend, LegendItem, Whisker
+from bokeh.models import (ColumnDataSource, DataRange1d, FactorRange, HoverTool, Legend, LegendItem, Range1d,
+                          Whisker)
 from bokeh.palettes import Category20_20, Turbo256
 from bokeh.plotting import figure
 
@@ -62,10 +64,15 @@ class StudyFigures:
         self.bar_source = ColumnDataSource({"policy": [], "mean": [], "lower": [], "upper": [], "color": [],
                                             "std": [], "runs": []})
 
-        self.acc = figure(title=TITLES["acc"], height=height, x_axis_label="epoch",
-                          y_axis_label="val accuracy", tools="pan,wheel_zoom,box_zoom,reset,save", **size)
-        self.lr = figure(title=TITLES["lr"], height=height, x_axis_label="step",
-                         y_axis_label="lr", y_axis_type="log", tools="pan,wheel_zoom,box_zoom,reset,save", **size)
+        # fixed ranges until the first rows arrive (_fit): BokehJS warns about a DataRange1d with
+        # nothing to fit ("could not set initial ranges"), and a live study starts empty
+        self._fitted: set[str] = set()
+        self.acc = figure(title=TITLES["acc"], height=height, x_axis_label="epoch", x_range=Range1d(0, 1),
+                          y_range=Range1d(0, 1), y_axis_label="val accuracy",
+                          tools="pan,wheel_zoom,box_zoom,reset,save", **size)
+        self.lr = figure(title=TITLES["lr"], height=height, x_axis_label="step", x_range=Range1d(0, 1),
+                         y_range=Range1d(1e-3, 10), y_axis_label="lr", y_axis_type="log",
+                         tools="pan,wheel_zoom,box_zoom,reset,save", **size)
         integer_axis(self.acc.xaxis)                    # epochs and steps are whole numbers
         integer_axis(self.lr.xaxis)
         readable_log_axis(self.lr.yaxis)                # ticks around the rates, wherever they sit
@@ -87,7 +94,8 @@ class StudyFigures:
         self.lr.add_tools(HoverTool(tooltips=[("step", "@step"), ("lr", "@lr{0.0000e}")]))
 
         self.bars = figure(title=TITLES["bars"], height=max(height, 18 * len(self.policies) + 60),
-                           y_range=FactorRange(*reversed(self.policies)), x_axis_label="final test accuracy",
+                           y_range=FactorRange(*reversed(self.policies)), x_range=Range1d(0, 1),
+                           x_axis_label="final test accuracy",
                            tools="save,reset", **size)
         self.bars.hbar(y="policy", right="mean", height=0.7, color="color", source=self.bar_source)
         self.bars.add_layout(Whisker(source=self.bar_source, base="policy", upper="upper", lower="lower",
@@ -108,6 +116,7 @@ class StudyFigures:
             m = pd.DataFrame({"epoch": g["epoch"], "acc": acc}).groupby("epoch")["acc"].agg(["mean", "count"])
             src.data = {"epoch": [int(e) + 1 for e in m.index], "val_acc": _clean(m["mean"]),
                         "seeds": [int(c) for c in m["count"]]}
+        self._fit(self.acc, "x", self.acc_sources, "epoch")
 
     def set_steps(self, steps: pd.DataFrame) -> None:
         """lr per step of each policy's lowest seed (lr <= 0 or NaN cannot sit on a log axis)."""
@@ -118,6 +127,19 @@ class StudyFigures:
                 g = g[np.isfinite(g["lr"]) & (g["lr"] > 0)]
             src.data = {"step": [int(s) for s in g["step"]] if len(g) else [],
                         "lr": _clean(g["lr"]) if len(g) else []}
+        self._fit(self.lr, "xy", self.lr_sources, "step")
+
+    def _fit(self, fig, axes: str, sources: dict[str, ColumnDataSource], column: str) -> None:
+        """Ranges fitted to the data (DataRange1d) on ``axes`` once ``sources`` hold rows (once only:
+        new range models make the document walk its whole model graph)."""
+        if fig.id in self._fitted or not any(len(src.data[column]) for src in sources.values()):
+            return
+        self._fitted.add(fig.id)
+        with fig.document.models.freeze() if fig.document is not None else contextlib.nullcontext():
+            if "x" in axes:
+                fig.x_range = DataRange1d()
+            if "y" in axes:
+                fig.y_range = DataRange1d()
 
     def set_table(self, table: pd.DataFrame) -> None:
         """Bars from a results table (``final_test_acc_mean``/``_std``; validation when no test)."""
