@@ -25,11 +25,12 @@ import argparse
 import json
 import sys
 import time
-from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from lipschitz_lab.probe.hessian import muted
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -72,17 +73,13 @@ def unobserved(model: torch.nn.Module):
     """The model without its forward hooks (the probe must not see the measuring forwards),
     with its buffers (BatchNorm's running statistics) and the RNG (dropout's masks) put
     back afterwards: the run goes on as if nothing had been measured."""
-    hooks = [(m, m._forward_hooks, m._forward_pre_hooks) for m in model.modules()]
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    for m, _, _ in hooks:
-        m._forward_hooks, m._forward_pre_hooks = OrderedDict(), OrderedDict()
     try:
-        yield
+        with muted(model):
+            yield
     finally:
-        for m, post, pre in hooks:
-            m._forward_hooks, m._forward_pre_hooks = post, pre
         with torch.no_grad():
             for k, v in model.named_buffers():
                 v.copy_(buffers[k])

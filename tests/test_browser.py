@@ -4,7 +4,9 @@ One app and one page for the whole module, in the order a person goes: four tabs
 notebook code, a tab clicked while the others load stays selected; a loss switched in
 Derivations redraws the plot; in Live training, Start with no change learns on digits
 (validation accuracy > 0.9, "healthy"), the paper's rule one click away ends with its
-verdict on the status line, a long run advances its counter and its plots until Stop says
+verdict on the status line, a run with "sharpness every" 5 draws its stability figure (lr·λ_max
+on the measured steps, the lines at 2 and 2(1+μ)) and says how often it crossed the edge, a long
+run advances its counter and its plots until Stop says
 "stopped"; a 2-policy study fills its curves in and says which policies learned; the Runs
 tab lists what ran, with verdicts, overlays three runs with three legend entries and offers
 their reports; closing the page mid-run stops the run and shuts its kernel down.
@@ -25,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from lipschitz_lab.runs import RunStore
+from bokeh_page import COLOR_COUNTS, hex_rgb
 from test_app import App
 from ui_helpers import KernelMessages, bokeh_console_problems, tracebacks
 
@@ -69,6 +72,19 @@ LEGEND_LABELS = """(title) => {
     }
   }
   return null;
+}"""
+
+
+#: the figure titled ``title`` as BokehJS holds it: its id, whether it shows, and its finite ``edge`` values
+EDGE_ROWS = """(title) => {
+  const v = [...Bokeh.index.all_views()].find((x) => x.model.title && x.model.title.text === title);
+  if (!v) return null;
+  let rows = 0;
+  for (const r of v.model.renderers) {
+    const d = r.data_source && r.data_source.data;
+    if (d && d.edge !== undefined) rows += Array.from(d.edge).filter(Number.isFinite).length;
+  }
+  return {id: v.model.id, visible: v.model.visible, rows};
 }"""
 
 
@@ -212,6 +228,41 @@ def test_the_papers_rule_is_one_click_away_and_its_verdict_says_what_went_wrong(
     _menu(panel, "recompute").select_option("step")
 
 
+def test_sharpness_every_draws_the_stability_figure_and_the_status_says_the_edge(app, page):
+    from lipschitz_lab.ui.figures import TITLES as RUN_TITLES
+    _tab(page, "Live training")
+    panel = page.locator(".lipschitz-training-panel")
+    panel.locator("canvas").first.wait_for()
+    assert page.evaluate(EDGE_ROWS, RUN_TITLES["edge"])["visible"] is False      # off until asked
+    _menu(panel, "optimizer").select_option("momentum")                       # μ = 0.9: a second line, 3.8
+    _type(panel, "epochs", 1)
+    _type(panel, "sharpness every", 5)
+    time.sleep(0.5)
+    text = _run_to_the_end(page, panel)
+    said = re.search(r"edge: (above 3\.8 on \d+ of|below 3\.8 on all) (\d+) measured steps", text)
+    assert text.startswith("finished") and said, text
+    run = RunStore(app["store"]).list_runs()[-1]
+    measured = [r for r in RunStore(app["store"]).records(run["id"], "step") if r["lambda_max"] is not None]
+    assert run["config"]["sharpness_every"] == 5 and len(measured) == int(said[2]) > 3
+    deadline = time.monotonic() + 30                 # the last batch reaches the page
+    while (edge := page.evaluate(EDGE_ROWS, RUN_TITLES["edge"]))["rows"] < len(measured):
+        assert time.monotonic() < deadline, edge
+        time.sleep(0.25)
+    assert edge["visible"] and edge["rows"] == len(measured), edge
+    time.sleep(1.0)                                  # drawn
+    # on the canvas: the markers (blue), the line at 2 (red) and the run's own limit 3.8 (orange)
+    colors = [hex_rgb(c) for c in ("#1f77b4", "#d62728", "#ff7f0e")]
+    markers, at_2, at_limit = page.evaluate(COLOR_COUNTS, [edge["id"], [list(c) for c in colors], 40, None])
+    assert markers > 10 * len(measured) and at_2 > 50 and at_limit > 50, (markers, at_2, at_limit)
+    # the status line at the top of the view, the stability figures in it
+    panel.locator(".lipschitz-status").evaluate("(el) => el.scrollIntoView({block: 'start'})")
+    time.sleep(0.5)
+    page.screenshot(path=str(APP_ARTIFACTS / "04_live_training_stability.png"))
+    # back to the defaults for the next runs
+    _menu(panel, "optimizer").select_option("sgd")
+    _type(panel, "sharpness every", "")
+
+
 def test_a_long_run_draws_live_and_stop_ends_it_within_seconds(app, page):
     from lipschitz_lab.ui.figures import TITLES as RUN_TITLES
     panel = page.locator(".lipschitz-training-panel")
@@ -312,8 +363,8 @@ def test_closing_the_page_mid_run_stops_the_run_and_its_kernel(app, page):
     assert all(r.startswith((origin, "data:", "blob:")) for r in page.requests), \
         [r for r in page.requests if not r.startswith((origin, "data:", "blob:"))]
     runs = RunStore(app["store"]).list_runs()
-    assert sorted(r["status"] for r in runs) == ["finished", "finished", "finished", "finished", "stopped",
-                                                 "stopped"], [(r["name"], r["status"]) for r in runs]
+    assert sorted(r["status"] for r in runs) == ["finished"] * 5 + ["stopped"] * 2, \
+        [(r["name"], r["status"]) for r in runs]
 
 
 def test_a_page_whose_server_stopped_says_so(app, page):

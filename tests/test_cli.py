@@ -254,6 +254,19 @@ def test_train_ends_with_its_verdict_and_the_papers_rule_is_one_flag(cli, tmp_pa
     assert out.rstrip().splitlines()[-1].split()[0] == "2"                 # the epoch table ends it
 
 
+def test_train_with_sharpness_every_says_how_often_the_rate_crossed_the_edge(cli, tmp_path):
+    """bound=curvature sets lr = 1/λ_max at each measured step: edge = lr·λ_max = 1, below SGD's 2."""
+    db = tmp_path / "store.db"
+    code, out, _ = cli("train", "--bound", "curvature", "--sharpness-every", "3", "--max-steps", "7",
+                       "--epochs", "1", "--store", db, "--no-report", "--device", "cpu")
+    line = "edge: below 2 on all 3 measured steps; median lr·λ_max 1"
+    assert code == 0 and out.splitlines()[-2] == line, out               # just above the verdict
+    from lipschitz_lab.runs import RunStore
+    (run,) = RunStore(db).list_runs()
+    code, out, _ = cli("runs", "--store", db, "show", run["id"])
+    assert code == 0 and line.replace("edge: ", "edge:     ") in out.splitlines(), out
+
+
 def test_a_model_that_cannot_take_the_data_names_both(cli, tmp_path):
     code, _, err = cli("train", "--dataset", "digits", "--model", "resnet20", "--store", tmp_path / "s.db")
     (line,) = err.strip().splitlines()

@@ -117,6 +117,17 @@ def test_the_smoothness_plot_is_the_second_derivative_under_S2(panels, name):
         assert min(gaps) < 1e-6, (zw, yw)
 
 
+def test_the_panel_says_why_a_gradient_bound_is_not_a_step_size_and_where_to_watch_it(panels):
+    import html
+    import re
+    text = html.unescape(re.sub(r"<[^>]+>", "", panels["softmax_ce"].step_note.value))
+    sentences = [t for t in re.split(r"(?<=[.!?])\s+", text.split("Why L is not a step size.")[1].strip()) if t]
+    assert len(sentences) == 2, sentences
+    assert "L bounds |∂E/∂w|" in sentences[0] and "lr·λmax < 2" in sentences[0]
+    assert "Live training" in sentences[1] and "--sharpness-every" in sentences[1]
+    assert panels["softmax_ce"].step_note in panels["softmax_ce"].children
+
+
 @pytest.fixture(scope="module")
 def browser():
     with chromium() as b:

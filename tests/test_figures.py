@@ -2,7 +2,9 @@
 
 The run drawn here has what hid data before: a loss spike of 1.3e5 among losses
 near 1, an lr near 0.14 with a clamp to 1 at the K_z = 0 steps, steps whose L is
-0 (they vanish from a log axis), and β / lr_smooth = c/β beside L and 1/L.
+0 (they vanish from a log axis), β / lr_smooth = c/β beside L and 1/L, and the
+curvature measured every 10th step (``sharpness_every``) with heavy-ball momentum's
+edge limit 3.8: lr·λ_max crosses 2, then 3.8.
 Screenshots land in test-artifacts/figures/ (git-ignored).
 """
 from __future__ import annotations
@@ -21,17 +23,24 @@ from lipschitz_lab.ui.run_plots import MARK_ALPHA, MARK_COLOR, TITLES
 
 KZ0 = (50, 51, 52, 200)           # steps with K_z = 0: L = 0, lr clamped to max_lr = 1
 SPIKE_EPOCH = 4
-LOG_FIGURES = ("loss", "lr", "grad", "gap", "layers", "smooth")
-STEP_FIGURES = ("lr", "K_z", "grad", "gap", "layers", "smooth")
+LOG_FIGURES = ("loss", "lr", "grad", "gap", "layers", "smooth", "edge", "curv")
+EVERY, LIMIT = 10, 3.8            # λ_max measured every 10th step; heavy ball μ = 0.9: 2(1 + μ)
 
 
-def hard_run(n: int = 300, per_epoch: int = 30, smooth: bool = True) -> list[dict]:
+def sharpness(s: int, lr: float) -> dict:
+    """The instruments' fields of step ``s``: λ_max from 8 to 28 on every 10th step, edge = lr·λ_max."""
+    lam = 8.0 + 20.0 * s / 300 if s % EVERY == 0 else None
+    return dict(lambda_max=lam, edge=None if lam is None else lr * lam, edge_limit=LIMIT)
+
+
+def hard_run(n: int = 300, per_epoch: int = 30, smooth: bool = True, curvature: bool = True) -> list[dict]:
     recs = []
     for s in range(n):
         kz0 = s in KZ0
         L = 0.0 if kz0 else 7.0 + 0.3 * math.sin(s / 7)
         beta = 20 + math.cos(s / 9)
         extra = dict(beta=beta, sigma_max=3.0, lr_smooth=1 / beta) if smooth and not kz0 else {}
+        extra.update(sharpness(s, 1.0 if kz0 else 1 / L) if curvature else {})
         recs.append(step_record(step=s, epoch=s // per_epoch, lr=1.0 if kz0 else 1 / L, K_z=0.0 if kz0 else 7.0,
                                 L=L, bound="paper", grad_last=0.05, grad_layers={"0": 0.03, "2": 0.04, "4": 0.05},
                                 clamped="K_z=0" if kz0 else None, L_paper=L, L_corrected=1.1 * L,
@@ -122,6 +131,41 @@ def test_beta_and_lr_smooth_are_drawn_only_for_runs_that_carry_them():
     live.reset()
     live.add_steps([r for r in hard_run(smooth=False)[:5] if r["kind"] == "step"])
     assert not live.figures["smooth"].visible
+
+
+def test_the_stability_figures_draw_every_measured_step_and_the_run_s_edge_limit():
+    steps = [r for r in hard_run() if r["kind"] == "step"]
+    measured = [r for r in steps if r["lambda_max"] is not None]
+    assert len(measured) == 30
+    for live in (False, True):
+        figs = RunFigures(max_points=20)
+        if live:                             # stride 15 from the plan: the steps' source keeps 0, 15, 30, ...
+            figs.plan(300)
+            for i in range(0, 300, 37):
+                figs.add_steps(steps[i:i + 37])
+        else:
+            figs.load(hard_run())            # 300 steps over 20 rows: every 15th; 30 measured: every 2nd
+        # live: every measured step until max_points rows, then the stride doubles
+        kept = measured[:20] if live else measured[::2]
+        got = {k: list(v) for k, v in figs.stability.source.data.items()}
+        assert got["step"][:len(kept)] == [r["step"] for r in kept], (live, got["step"])
+        assert got["edge"][:len(kept)] == pytest.approx([r["lr"] * r["lambda_max"] for r in kept], rel=1e-12)
+        assert got["inv_lambda"][:len(kept)] == pytest.approx([1 / r["lambda_max"] for r in kept], rel=1e-12)
+        assert set(figs.stability.source.data["step"]) - set(figs.steps.data["step"]), "none off the stride"
+        assert figs.stability.limit.data["y"] == [LIMIT] and figs.figures["edge"].visible
+        assert figs.figures["curv"].visible
+        drawn = {getattr(r.glyph, "y", None) for r in figs.figures["curv"].renderers}
+        assert {"lr", "inv_L", "inv_lambda"} <= drawn
+        rows = [int(x) for x in figs.steps.data["step"][:3]]
+        assert list(figs.steps.data["inv_L"][:3]) == pytest.approx([1 / steps[i]["L"] for i in rows], rel=1e-12)
+    # gradient descent (edge_limit 2): no second line; a run without the instruments: no stability figures
+    figs = RunFigures()
+    figs.add_steps([{**r, "edge_limit": 2.0} for r in steps[:12]])
+    assert figs.stability.limit.data["y"] == [] and figs.figures["edge"].visible
+    figs.reset()
+    figs.add_steps([r for r in hard_run(curvature=False) if r["kind"] == "step"][:12])
+    assert not figs.figures["edge"].visible and not figs.figures["curv"].visible
+    assert len(figs.stability.source.data["step"]) == 0
 
 
 def test_a_deep_model_gets_a_legend_that_fits_with_the_last_layer_alone():

@@ -279,7 +279,9 @@ def test_the_gpt_presets_race_lipschitz_against_the_three_baselines(preset, data
     entries = {p.name: p.overrides for p in spec.policies}
     assert {o["lr_policy"] for o in entries.values()} == {"lipschitz", "adamw_cosine", "prodigy",
                                                           "schedulefree_adamw"}
-    assert {o.get("bound") for o in entries.values() if o["lr_policy"] == "lipschitz"} == {"strict", "smooth"}
+    assert {o.get("bound") for o in entries.values() if o["lr_policy"] == "lipschitz"} == {
+        "strict", "smooth", "curvature", "directional"}
+    assert spec.base["sharpness_every"] >= 1                 # the second race reads the instruments
     assert all(o["recompute"] == "step" for o in entries.values() if o["lr_policy"] == "lipschitz")
     assert len(plans) == len(entries) * len(spec.seeds)
 

@@ -21,7 +21,6 @@ import json
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from test_browser import CHROMIUM, CHROMIUM_ARGS
-from ui_helpers import KernelMessages, bokeh_console_problems, jupyter_env, tracebacks
+from ui_helpers import KernelMessages, bokeh_console_problems, jupyter_env, stop_server, tracebacks
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "notebooks"
@@ -115,12 +114,7 @@ def lab(tmp_path_factory):
                 time.sleep(0.5)
         yield {"url": url, "token": token, "store": tmp / "store" / "runs.db", "log": log, "before": before}
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
+        stop_server(server)
         shutil.rmtree(ROOT / "notebooks" / ".ipynb_checkpoints", ignore_errors=True)
     assert not tracebacks(log.read_text()), log.read_text()[-4000:]        # the kernels' own stderr
 

@@ -31,10 +31,12 @@ def lipschitz_run(store: RunStore, n_steps: int = 40, per_epoch: int = 10) -> st
     recs = []
     for s in range(n_steps):
         L = 2.0 + 0.1 * s
+        lam = 3.0 + 0.4 * s if s % 5 == 0 else None      # sharpness_every=5: edge > 2 from step 10 on
         recs.append(step_record(step=s, epoch=s // per_epoch, lr=1 / L, K_z=10.0 + s, L=L, bound="paper",
                                 grad_last=0.5, grad_layers={"0": 0.3, "2": 0.5}, clamped=None,
                                 L_paper=L, L_corrected=1.1 * L, L_strict=3 * L, loss=2.0 - 0.03 * s, acc=0.02 * s,
-                                beta=4 * L, sigma_max=2.0, lr_smooth=1 / (4 * L)))
+                                beta=4 * L, sigma_max=2.0, lr_smooth=1 / (4 * L), lambda_max=lam,
+                                edge=None if lam is None else lam / L, edge_limit=2.0))
         if s % per_epoch == per_epoch - 1:
             e = s // per_epoch
             recs.append(epoch_record(epoch=e, step=s + 1, lr=1 / L, train_loss=1.5 - 0.1 * e, train_acc=0.5 + 0.1 * e,
@@ -123,6 +125,14 @@ def test_the_report_holds_the_runs_numbers(store):
     said = run_verdict(store, run_id)
     header = [html.unescape(t) for t in strings(embedded_docs(text)) if "verdict:" in t]
     assert said.kind == "healthy" and any(f"verdict: <b>{said.text}</b>" in t for t in header), header
+    # the stability figure's measured steps, and the line that counts them: edge = λ_max/L above 2 from step 10
+    (measured,) = columns(text, "inv_lambda")
+    assert measured["step"] == list(range(0, 40, 5))
+    edges = [(3.0 + 0.4 * s) / (2.0 + 0.1 * s) for s in range(0, 40, 5)]
+    assert measured["edge"] == pytest.approx(edges, rel=1e-12)
+    median = (edges[3] + edges[4]) / 2
+    line = f"edge: above 2 on 6 of 8 measured steps (first at step 10); median lr·λ_max {median:.3g}"
+    assert any(line in html.unescape(t) and "lipschitz-edge" in t for t in strings(embedded_docs(text))), line
 
 
 def test_a_baseline_run_reports_without_bound_fields(store, tmp_path):
@@ -135,6 +145,7 @@ def test_a_baseline_run_reports_without_bound_fields(store, tmp_path):
     assert len(steps["step"]) == 8 and steps["lr"] == [0.05] * 8
     assert all(not isinstance(v, (int, float)) or math.isnan(v) for v in steps["K_z"])
     assert store.artifacts(run_id)["report"] == str(path)
+    assert "lipschitz-edge" not in text and TITLES["edge"] not in text     # it measured no curvature
 
 
 def test_an_unknown_run_is_refused_by_name(store):
@@ -155,7 +166,7 @@ def test_a_baseline_run_leaves_the_bound_figures_out():
     figs = RunFigures()
     figs.load([step_record(step=s, epoch=0, lr=0.05, K_z=None, L=None, bound=None, grad_last=None,
                            grad_layers=None, clamped=None, loss=1.0) for s in range(4)])
-    assert {k for k, p in figs.figures.items() if not p.visible} == {*BOUND_FIGURES, "smooth"}
+    assert {k for k, p in figs.figures.items() if not p.visible} == {*BOUND_FIGURES, "smooth", "edge", "curv"}
 
 
 # -- in Chromium -----------------------------------------------------------------------------------
@@ -188,7 +199,7 @@ def test_the_report_fills_a_1600_px_page_and_shows_its_data(store, browser):
     rows = {}
     for p in plots.values():
         rows.setdefault(round(p["el"][1]), []).append(p)
-    assert max(len(r) for r in rows.values()) >= 2 and len(rows) <= 4, {k: len(v) for k, v in rows.items()}
+    assert max(len(r) for r in rows.values()) >= 2 and len(rows) <= 5, {k: len(v) for k, v in rows.items()}
     for title, p in plots.items():
         assert all(disjoint(lg["box"], p["frame"]) for lg in p["legends"]), title
         assert p["frame"][2] - p["frame"][0] >= 400, (title, p["frame"])      # wide frames, not 40 % of a page

@@ -453,6 +453,7 @@ def test_summary_says_where_lipschitz_stands(finished_study):
     assert "best LipschitzLR variant (`lipschitz-strict-epoch-sgd`" in text
     assert f"ranks {ordinal} of 3 policies" in text and verdict(table) in text
     assert text.count("| `") == 3
+    assert "edge_median" not in table and "λ_max" not in text         # no sharpness_every: no instruments
 
 
 def test_study_plots_fill_from_the_store(finished_study, tmp_path):
@@ -558,6 +559,33 @@ def test_study_panel_headless(tmp_path):
     assert counts["lr"] == 2 * 5 and counts["acc"] == 2 and counts["bars"] == 2
     assert "finished" in panel.status.value and not panel.running
     assert len(panel.figures.acc_sources["constant-0.1"].data["val_acc"]) == 1
+
+
+def test_a_study_that_measures_curvature_has_the_instruments_in_its_tables(tmp_path):
+    import statistics
+    from lipschitz_lab.ui.panel_study import StudyPanel
+    panel = StudyPanel(tmp_path / "s.db", name="sharp", **BASE, epochs=1, max_steps=6)
+    panel.select(["constant-0.1", "lipschitz-strict-step-momentum"])
+    panel.sharpness.value = "2"                           # the panel's field: steps 0, 2, 4 measured
+    panel.launch()
+    assert panel.wait(timeout=120)
+    panel.flush()
+    table = panel.table.set_index("policy")
+    for policy, limit in (("constant-0.1", 2.0), ("lipschitz-strict-step-momentum", 3.8)):
+        (plan,) = [p for p in panel.spec.runs() if p.policy == policy]
+        steps = panel.store.records(panel.store.find_run(plan.key)["id"], "step")
+        measured = [r for r in steps if r["lambda_max"] is not None]
+        assert [r["step"] for r in measured] == [0, 2, 4] and {r["edge_limit"] for r in steps} == {limit}
+        edges = [r["lr"] * r["lambda_max"] for r in measured]           # edge = lr·λ_max, recomputed
+        assert table.loc[policy, "edge_median"] == pytest.approx(statistics.median(edges), rel=1e-9)
+        assert table.loc[policy, "edge_above"] == pytest.approx(sum(e > limit for e in edges) / 3)
+        assert table.loc[policy, "lambda_first"] == measured[0]["lambda_max"]
+        assert table.loc[policy, "lambda_last"] == measured[-1]["lambda_max"]
+    text = table_text(panel.table)
+    assert "| median edge lr·λ_max | steps above the edge | λ_max first | λ_max last |" in text
+    assert "Curvature (`sharpness_every`)" in summary_markdown(panel.table, panel.spec)
+    results = panel.outcomes.value
+    assert "median edge lr·λ_max" in results and f"{table.loc['constant-0.1', 'lambda_first']:.3g}" in results
 
 
 def test_study_panel_reports_a_bad_seed_without_a_thread(tmp_path):

@@ -83,6 +83,9 @@ def test_start_streams_every_record_of_the_run_into_the_sources(store):
     assert layers[f"g{len(names) - 1}"] == [r["grad_last"] for r in steps]
     # max_steps=30 ends the run inside its first epoch (over 30 batches of 32): the total is 30
     assert "step <b>30</b>/30 · epoch 1/2 · " in panel.counter.value and " elapsed" in panel.counter.value
+    # the curvature instruments are off by default: no stability figures, no edge line
+    assert run["config"]["sharpness_every"] is None and "edge:" not in panel.status_text
+    assert not panel.figures.figures["edge"].visible and not len(panel.figures.stability.source.data["step"])
     assert not panel.running and not panel.start_button.disabled and panel.stop_button.disabled
 
 
@@ -141,6 +144,32 @@ def test_a_baseline_run_has_no_bound_fields_and_still_draws(store):
     assert all(math.isnan(v) for v in src["K_z"] + src["L"] + src["gap"])
     assert panel.figures.layer_names == []
 
+
+def test_the_instruments_switched_on_draw_the_stability_figures_and_say_the_edge(store):
+    from lipschitz_lab.scheduler.options import CURVATURE_BOUNDS
+    panel = training_panel(store, **{**QUICK_RUN, "max_steps": 16})
+    assert set(CURVATURE_BOUNDS) <= set(panel.controls["bound"].options)
+    assert panel.controls["sharpness_every"].value == ""                   # off unless asked
+    panel.use(bound="curvature", optimizer="momentum", sharpness_every=5)
+    panel.start_button.click()
+    assert panel.wait(120)
+    panel.flush()
+    steps = store.records(panel.run_id, "step")
+    measured = [r for r in steps if r["lambda_max"] is not None]
+    assert [r["step"] for r in measured] == [0, 5, 10, 15]
+    src = columns(panel.figures.stability.source)
+    assert src["step"] == [0, 5, 10, 15] and src["lambda_max"] == [r["lambda_max"] for r in measured]
+    # lr = c(1 + μ)/λ_max with the same step's λ_max: edge = lr·λ_max = 1.9, below heavy ball's 2(1 + μ) = 3.8
+    assert src["edge"] == pytest.approx([1.9] * 4, rel=1e-9)
+    assert panel.figures.stability.limit.data["y"] == [pytest.approx(3.8)]
+    assert panel.figures.figures["edge"].visible and panel.figures.figures["curv"].visible
+    assert panel.status_text.startswith("finished"), panel.status_text
+    assert panel.status_text.endswith(" · edge: below 3.8 on all 4 measured steps; median lr·λ_max 1.9")
+    panel.controls["sharpness_every"].value = "0"                           # 0 is off, as is nothing
+    assert panel.config()["sharpness_every"] is None
+    panel.controls["sharpness_every"].value = "2.5"
+    with pytest.raises(ValueError, match=r"^sharpness_every='2.5': need an integer >= 1"):
+        panel.config()
 
 
 def test_a_second_run_reuses_the_layer_lines_of_the_same_model_and_redraws_for_another(store):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,10 +50,8 @@ def serve_lab(tmp: Path, notebooks: Path, **env: str):
     installs (jupyter/overrides.json) and ``window.jupyterapp`` exposed; yields
     ``{"url", "token", "log"}`` and always shuts it down (the server stops its kernels)."""
     import secrets
-    import signal
     import shutil
     import socket
-    import subprocess
     import time
     import urllib.request
     with socket.socket() as s:
@@ -81,12 +81,17 @@ def serve_lab(tmp: Path, notebooks: Path, **env: str):
                 time.sleep(0.5)
         yield {"url": f"http://127.0.0.1:{port}", "token": token, "log": log}
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
+        stop_server(server)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 20 s: the way a test ends a server it started."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(5)
 
 
 # -- what the kernel says where a person looks ------------------------------------------------------

@@ -73,6 +73,10 @@ def _show(store, args) -> int:
     reason = f" ({r['reason']})" if r.get("reason") else ""
     print(f"status:   {r['status']}{reason}, created {r['created']}")
     print(f"verdict:  {run_verdict(store, r['id'], r)}")
+    from lipschitz_lab.runs.edge import edge_line
+    edge = edge_line(store.records(args.run_id, kind="step"))
+    if edge:
+        print(f"{edge.replace('edge: ', 'edge:     ', 1)}")
     for name, path in (r.get("artifacts") or {}).items():
         print(f"{name + ':':<9} {path}")
     print("config:   " + ", ".join(f"{k}={v}" for k, v in r["config"].items() if v not in (None, {}, "")))

@@ -219,6 +219,10 @@ def run(args) -> int:
     if not args.no_report:
         from lipschitz_lab.ui.report import write_report
         print(f"report: {write_report(store, result.run_id)}")
+    from lipschitz_lab.runs.edge import edge_line
+    edge = edge_line(store.records(result.run_id, "step"))     # with --sharpness-every only
+    if edge:
+        print(edge)
     # the last line: how it ended, and what happened (healthy, collapsed, blew up, ...)
     said = run_verdict(store, result.run_id)
     print(f"run {result.run_id}: " + (str(said) if said.kind == result.status

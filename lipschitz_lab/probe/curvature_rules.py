@@ -97,7 +97,8 @@ class DirectionalRate:
         - β = ``beta``: CDAT's separate EMAs of numerator and denominator (their common bias
           factor 1 − β^n cancels in the ratio);
         - ρ = ``max_factor`` = 2: at most a doubling or halving per change (after the first
-          measurement, which sets the rate outright).
+          measurement, which sets the rate outright unless ``first_outright=False``: LipschitzLR's
+          directional rule starts from the curvature rate c/λ_max and caps its first change too).
 
     Fallback: a sample with :math:`u^\top H u \le 0` (no minimum along u), :math:`g^\top u \le 0`
     (u is not a descent direction on this batch) or a non-finite number is skipped, and the
@@ -106,13 +107,14 @@ class DirectionalRate:
     """
 
     def __init__(self, scale: float = 1.0, beta: float = 0.9, max_factor: float = 2.0,
-                 min_lr: float | None = 1e-6, max_lr: float | None = 10.0):
+                 min_lr: float | None = 1e-6, max_lr: float | None = 10.0, first_outright: bool = True):
         self.scale = _positive("scale", scale)
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must be in [0, 1); got beta={beta!r}")
         if not max_factor >= 1.0:
             raise ValueError(f"max_factor must be >= 1; got max_factor={max_factor!r}")
         self.beta, self.max_factor = float(beta), float(max_factor)
+        self.first_outright = first_outright   # False: the rate in force is already a good start (a warm start)
         self.min_lr, self.max_lr = min_lr, max_lr
         self.num = self.den = self.seen = None    # float64 0-d EMAs and "a sample was taken"
 
@@ -131,8 +133,9 @@ class DirectionalRate:
         den = torch.where(ok, self.beta * self.den + (1 - self.beta) * d_t, self.den)
         eta = self.scale * num / torch.where(den > 0, den, 1.0)
         capped = torch.minimum(torch.maximum(eta, lr_t / self.max_factor), lr_t * self.max_factor)
-        # 1) a skipped sample keeps the rate in force; 2) the first sample sets it outright; 3) then <= x2
-        new = torch.where(ok, torch.where(self.seen, capped, eta), lr_t)
+        # 1) a skipped sample keeps the rate in force; 2) the first sets it outright (first_outright);
+        # 3) every other one moves it at most max_factor-fold
+        new = torch.where(ok, torch.where(self.seen | (not self.first_outright), capped, eta), lr_t)
         self.num, self.den, self.seen = num, den, self.seen | ok
         return learning_rate(1.0 / new, min_lr=self.min_lr, max_lr=self.max_lr)
 

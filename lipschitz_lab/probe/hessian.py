@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lipschitz_lab.probe.params import trainable_parameters
 
@@ -150,7 +151,10 @@ def hessian_at(model: nn.Module, inputs, loss_of: Callable[[torch.Tensor], torch
     buffers = {n: b.clone() for n, b in model.named_buffers()}     # BatchNorm updates these copies
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     device = args[0].device
-    with replayed(model, rng, mute_hooks, device), torch.autocast(device.type, enabled=False):
+    # the math kernel of scaled_dot_product_attention: the fused ones (flash, memory-efficient) have
+    # no second derivative, and a Hessian-vector product needs one
+    with replayed(model, rng, mute_hooks, device), torch.autocast(device.type, enabled=False), \
+            sdpa_kernel(SDPBackend.MATH):
         tensors = {**dict(zip(names, leaves)), **buffers}
         out = torch.func.functional_call(model, tensors, args, dict(kwargs or {}))
         loss = loss_of(out)

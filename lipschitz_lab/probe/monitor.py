@@ -62,7 +62,7 @@ class CurvatureMonitor:
         if loss_of is None:
             if criterion is None:
                 raise ValueError("criterion=None and loss_of=None: the monitor needs the batch loss")
-            loss_of = lambda out, target: criterion(_full(out), target)   # noqa: E731
+            loss_of = lambda out, target: criterion(*_as_the_loss_sees(_full(out), target))   # noqa: E731
         self.model, self.optimizer, self.loss_of = model, optimizer, loss_of
         self.sharpness = Sharpness(every, iters, cold_iters)
         self.quality = StepQuality() if quality else None
@@ -174,6 +174,15 @@ class CurvatureMonitor:
 
 def _full(out: torch.Tensor) -> torch.Tensor:
     return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+
+
+def _as_the_loss_sees(out: torch.Tensor, target: Any) -> tuple[torch.Tensor, Any]:
+    """A sequence model's (B, T, V) logits flattened to (B·T, V), with the targets to (B·T): the
+    shapes ``cross_entropy`` takes (the trainer flattens them so; a loop may give them either way)."""
+    if isinstance(target, torch.Tensor) and out.dim() == 3 and not target.is_floating_point() \
+            and target.numel() == out.shape[0] * out.shape[1]:
+        return out.reshape(-1, out.shape[-1]), target.reshape(-1)
+    return out, target
 
 
 def _head(a: Any, rows: int) -> Any:

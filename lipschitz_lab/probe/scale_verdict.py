@@ -89,8 +89,8 @@ def _target_free(check: dict[str, float], loss: str, loss_scale: float,
     ratio = check["gz_max"] / allowed
     if ratio <= 1.0 + SCALE_TOL:
         return None
-    amp = (f"If this is torch.amp.GradScaler's loss scale, pass scaler=<your GradScaler> to LipschitzLR. "
-           f"Otherwise y" if ratio >= 8 else "Y")
+    amp = ("If this is torch.amp.GradScaler's loss scale, pass scaler=<your GradScaler> to LipschitzLR. "
+           "Otherwise y" if ratio >= 8 else "Y")
     return (f"loss={loss!r}: the gradient at the logits reaches {check['gz_max']:.4g}, {ratio:.3g} times "
             f"the most the bound allows per entry ({allowed:.4g} = S/m with m={int(check['m'])}). {amp}our "
             f"loss is scaled by at least {ratio:.3g}, or it averages fewer terms than m (padding: pass the "

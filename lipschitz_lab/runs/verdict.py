@@ -30,6 +30,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from lipschitz_lab.runs.edge import EdgeCount
+
 Record = dict[str, Any]
 
 # -- the thresholds, defined once ------------------------------------------------------------
@@ -87,6 +89,7 @@ class Tally:
         self.k: int | None = None        # classes, from a LipschitzLR record
         self.acc: float | None = None    # the last epoch's val_acc (else test_acc)
         self.epoch_loss: float | None = None
+        self.edge = EdgeCount()          # the measured steps above the edge of stability (runs/edge.py)
         self.add(records)
 
     def add(self, records: Iterable[Record]) -> "Tally":
@@ -109,6 +112,7 @@ class Tally:
     def _step(self, r: Record) -> None:
         self.steps += 1
         self.last_step = r.get("step")
+        self.edge.add_step(r)
         lr = r.get("lr")
         dead = r.get("clamped") == "K_z=0" or r.get("K_z") == 0
         self.last_dead = dead

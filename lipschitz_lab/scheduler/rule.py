@@ -48,8 +48,9 @@ class RateRule:
         self.needs = bound_inputs(loss)
         self.variants = [v for v in VARIANTS if defined(loss, v)]   # no paper bound for some losses
         self.curvature = curvature
-        self.directional = DirectionalRate(curvature.scale, curvature.beta, min_lr=min_lr, max_lr=max_lr) \
-            if bound == "directional" else None
+        # the first sample is capped too: it follows the warm start c/λ_max of the first measurement
+        self.directional = DirectionalRate(curvature.scale, curvature.beta, min_lr=min_lr, max_lr=max_lr,
+                                           first_outright=False) if bound == "directional" else None
         if bound not in ("smooth", *CURVATURE_BOUNDS) and bound not in self.variants:
             raise ValueError(f"bound={bound!r}: the paper gives no bound for loss={loss!r}; "
                              f"use bound='corrected' or 'strict'")

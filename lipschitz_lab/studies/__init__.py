@@ -7,7 +7,8 @@
   :mod:`~lipschitz_lab.studies.ray_backend` (imported only for ``backend="ray"``);
 - :mod:`~lipschitz_lab.studies.launch` -- one launcher's loop: leases, dispatch, outcomes;
 - :mod:`~lipschitz_lab.studies.progress` -- progress(store, spec): a study's state, for a poll;
-- :mod:`~lipschitz_lab.studies.results` -- the table and the Markdown summary, from the store.
+- :mod:`~lipschitz_lab.studies.results` -- the table, from the store; :mod:`~lipschitz_lab.studies.summary`
+  -- its Markdown and the summary; :mod:`~lipschitz_lab.studies.instruments` -- the curvature columns.
 
 The policies themselves (LipschitzLR and every baseline) live in :mod:`lipschitz_lab.policies`.
 Names load on first use.
@@ -21,8 +22,8 @@ _LAZY = {
                                                   "GROUPS", "STUDY_PRESETS", "study_preset", "load_study")},
     **{n: "lipschitz_lab.studies.runner" for n in ("run_study", "StudyResult", "RunOutcome", "plan_study", "BACKENDS")},
     **{n: "lipschitz_lab.studies.progress" for n in ("progress", "StudyProgress")},
-    **{n: "lipschitz_lab.studies.results" for n in ("study_table", "summary_markdown", "epoch_frame",
-                                                     "step_frame", "ranking", "verdict", "table_text")},
+    **{n: "lipschitz_lab.studies.results" for n in ("study_table", "epoch_frame", "step_frame")},
+    **{n: "lipschitz_lab.studies.summary" for n in ("summary_markdown", "ranking", "verdict", "table_text")},
 }
 
 __all__ = list(_LAZY)

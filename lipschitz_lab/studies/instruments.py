@@ -8,42 +8,42 @@ eigenvector), and λ_max at the first and the last measurement.  Per policy: the
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Any
 
 import pandas as pd
 
 from lipschitz_lab.runs import RunStore
+from lipschitz_lab.runs.edge import EdgeCount
 
-__all__ = ["run_instruments", "instrument_table", "instruments_text"]
+__all__ = ["run_instruments", "instrument_table", "policy_instruments", "instruments_text"]
 
 
 def run_instruments(records: list[dict[str, Any]]) -> dict[str, float] | None:
-    """One run's instruments from its step records; None when nothing was measured."""
-    measured = [r for r in records if r.get("kind") == "step" and r.get("lambda_max") is not None]
-    if not measured:
+    """One run's instruments from its step records (counted by :class:`~lipschitz_lab.runs.edge.EdgeCount`,
+    as the status line and the report count them); None when nothing was measured."""
+    count = EdgeCount(records)
+    if not count.measured:
         return None
-    edges = [r["edge"] for r in measured if r.get("edge") is not None and math.isfinite(r["edge"])]
-    above = [r["edge"] > r["edge_limit"] for r in measured if r.get("edge") is not None and r.get("edge_limit")]
-    return {"edge_median": statistics.median(edges) if edges else math.nan,
-            "edge_above": sum(above) / len(above) if above else math.nan,
-            "lambda_first": measured[0]["lambda_max"], "lambda_last": measured[-1]["lambda_max"],
-            "measured": len(measured)}
+    return {"edge_median": count.median, "edge_above": count.share_above,
+            "lambda_first": count.lambda_first, "lambda_last": count.lambda_last, "measured": count.measured}
 
 
 def instrument_table(store: RunStore, runs) -> pd.DataFrame:
-    """One row per policy (in ``runs``' order) with the medians over its seeds' instruments."""
-    per_run = []
-    for run in runs:
-        got = run_instruments(store.records(run.run_id, "step"))
-        if got is not None:
-            per_run.append({"policy": run.policy, **got})
+    """One row per policy (in ``runs``' order) with the medians over its seeds' instruments; empty when
+    no run measured any."""
+    per_run = [{"policy": run.policy, **got} for run in runs
+               if (got := run_instruments(store.records(run.run_id, "step"))) is not None]
+    return policy_instruments(per_run, [r.policy for r in runs])
+
+
+def policy_instruments(per_run: list[dict[str, Any]], order: list[str]) -> pd.DataFrame:
+    """Rows of ``policy`` and :func:`run_instruments`' fields, one per run, as one row per policy (the
+    medians over its seeds), in ``order``."""
     frame = pd.DataFrame(per_run)
     if not len(frame):
         return frame
-    order = list(dict.fromkeys(r.policy for r in runs))
     rows = [{"policy": p, **frame[frame.policy == p].drop(columns="policy").median().to_dict()}
-            for p in order if (frame.policy == p).any()]
+            for p in dict.fromkeys(order) if (frame.policy == p).any()]
     return pd.DataFrame(rows)
 
 

@@ -1,4 +1,5 @@
-"""A study's results, read back from the run store: tidy frames, one table, a Markdown summary.
+"""A study's results, read back from the run store: tidy frames and one table (its Markdown:
+:mod:`lipschitz_lab.studies.summary`).
 
 Everything here is computed from the store's records, never from the
 in-memory results of a run, so a table made tomorrow from the same store
@@ -14,8 +15,12 @@ import numpy as np
 import pandas as pd
 
 from lipschitz_lab.runs import RunStore
-from lipschitz_lab.runs.verdict import kinds_summary, run_verdict
+from lipschitz_lab.runs.verdict import kinds_summary, verdict as run_verdict_of
+from lipschitz_lab.studies.instruments import policy_instruments, run_instruments
 from lipschitz_lab.studies.spec import PolicyEntry, StudySpec
+# the Markdown rendering lives in studies/summary.py; its names stay importable from here
+from lipschitz_lab.studies.summary import (INSTRUMENT_COLUMNS, acc_col, ranking, summary_markdown,  # noqa: F401
+                                           table_text, verdict)
 from lipschitz_lab.studies.why import why_empty
 
 __all__ = ["StudyRun", "study_runs", "epoch_frame", "step_frame", "study_table", "ranking",
@@ -126,6 +131,19 @@ def _per_run(epochs: pd.DataFrame, steps: pd.DataFrame, run: StudyRun, target: f
     return row
 
 
+def _verdicts_and_instruments(store: RunStore, runs: list[StudyRun]) -> tuple[dict[str, str], pd.DataFrame]:
+    """Each run's verdict kind (runs/verdict.py) and the policies' curvature instruments
+    (studies/instruments.py; an empty frame when no run measured any), one read of each run's records."""
+    kinds, measured = {}, []
+    for r in runs:
+        records = store.records(r.run_id)
+        kinds[r.run_id] = run_verdict_of(records, r.status, r.reason).kind     # the kind needs no config
+        got = run_instruments(records)
+        if got is not None:
+            measured.append({"policy": r.policy, **got})
+    return kinds, policy_instruments(measured, [r.policy for r in runs])
+
+
 def study_table(store: RunStore, study: StudySpec | str, target_acc: float | None = None) -> pd.DataFrame:
     """One row per policy, from the store.
 
@@ -139,14 +157,17 @@ def study_table(store: RunStore, study: StudySpec | str, target_acc: float | Non
     ``train_time_mean`` (seconds to the last epoch's end), ``rank`` (1 = best mean final
     test accuracy; validation when there is no test), ``why`` (its runs with no epoch, e.g.
     ``seed 0 failed: <the error>``; the text table shows it in an empty row) and ``run_ids``.
+    A study that measured curvature (``sharpness_every``) adds :data:`INSTRUMENT_COLUMNS`: the medians
+    over seeds of ``edge_median`` (lr·λ_max), ``edge_above`` (the share of measured steps above the
+    edge limit), ``lambda_first`` and ``lambda_last`` (NaN for a policy that measured nothing).
     Policies come in the study's order.
     """
     if target_acc is None and isinstance(study, StudySpec):
         target_acc = study.target_acc
     runs = study_runs(store, study)
     epochs, steps = epoch_frame(store, study, runs), step_frame(store, study, runs, fields=("lr",))
-    per_run = pd.DataFrame([{**_per_run(epochs, steps, r, target_acc),
-                             "verdict": run_verdict(store, r.run_id).kind} for r in runs])
+    kinds, instruments = _verdicts_and_instruments(store, runs)
+    per_run = pd.DataFrame([{**_per_run(epochs, steps, r, target_acc), "verdict": kinds[r.run_id]} for r in runs])
     rows = []
     order = [p.name for p in study.policies] if isinstance(study, StudySpec) else list(dict.fromkeys(r.policy for r in runs))
     for policy in order:
@@ -174,127 +195,10 @@ def study_table(store: RunStore, study: StudySpec | str, target_acc: float | Non
         row["run_ids"] = ", ".join(g.run_id)
         rows.append(row)
     table = pd.DataFrame(rows)
+    if len(table) and len(instruments):          # the study measured curvature: the instruments' columns
+        table = table.merge(instruments[["policy", *INSTRUMENT_COLUMNS]], on="policy", how="left")
     if len(table):
         key = table["final_test_acc_mean"].where(table["final_test_acc_mean"].notna(), table["final_val_acc_mean"])
         table["rank"] = key.rank(ascending=False, method="min", na_option="bottom").astype(int)
     table.attrs["target_acc"] = target_acc
     return table
-
-
-def acc_col(table: pd.DataFrame) -> str:
-    """The accuracy the ranking uses: final test accuracy, or validation when no run has a test split."""
-    return "final_test_acc_mean" if table["final_test_acc_mean"].notna().any() else "final_val_acc_mean"
-
-
-def ranking(table: pd.DataFrame) -> dict[str, Any]:
-    """Where LipschitzLR (lr = 1/L, any variant) stands: its best variant's rank,
-    the paper's own setting's rank, and the best baseline."""
-    n = len(table)
-    acc = acc_col(table)
-    by_rank = table.sort_values(["rank", "policy"])
-    lip = by_rank[by_rank.family == "lipschitz"]
-    base = by_rank[by_rank.family == "baseline"]
-    out: dict[str, Any] = {"n": n, "metric": acc}
-    if len(lip):
-        best = lip.iloc[0]
-        out["best_lipschitz"] = (best.policy, int(best["rank"]), float(best[acc]))
-        beaten = int((base[acc] < best[acc]).sum()) if len(base) else 0
-        out["baselines_beaten"] = (beaten, len(base))
-    paper = table[table.policy == "lipschitz-paper-epoch-sgd"]
-    if len(paper):
-        out["paper"] = ("lipschitz-paper-epoch-sgd", int(paper["rank"].iloc[0]), float(paper[acc].iloc[0]))
-    if len(base):
-        out["best_baseline"] = (base.iloc[0].policy, int(base.iloc[0]["rank"]), float(base.iloc[0][acc]))
-    out["best"] = (by_rank.iloc[0].policy, int(by_rank.iloc[0]["rank"]), float(by_rank.iloc[0][acc]))
-    return out
-
-
-def _pm(mean: float, std: float, empty: str = "–") -> str:
-    if not np.isfinite(mean):
-        return empty or "–"
-    return f"{mean:.4f}" + (f" ± {std:.4f}" if np.isfinite(std) else "")
-
-
-def _g(x: float, fmt: str = ".3g") -> str:
-    return "–" if x is None or not np.isfinite(x) else format(x, fmt)
-
-
-def table_text(table: pd.DataFrame) -> str:
-    """The table as Markdown, sorted by rank (the form the CLI prints and the summary embeds)."""
-    target = table.attrs.get("target_acc")
-    head = ["rank", "policy", "final test acc", "best test acc", "final val acc", "best val acc",
-            f"epochs to {target:g}" if target else "epochs to target", "s to target", "reached",
-            "lr min", "lr max", "diverged", "runs", "verdict"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in table.sort_values(["rank", "policy"]).iterrows():
-        cells = [str(r["rank"]), f"`{r.policy}`",
-                 _pm(r.final_test_acc_mean, r.final_test_acc_std, r.why), _pm(r.best_test_acc_mean, r.best_test_acc_std),
-                 _pm(r.final_val_acc_mean, r.final_val_acc_std), _pm(r.best_val_acc_mean, r.best_val_acc_std),
-                 _g(r.epochs_to_target_mean, ".2g"), _g(r.time_to_target_mean, ".3g"), r.target_reached or "–",
-                 _g(r.lr_min), _g(r.lr_max), str(r.diverged), str(r.runs), r.verdict]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _ordinal(k: int) -> str:
-    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
-
-
-def verdict(table: pd.DataFrame) -> str:
-    """The plain sentence: where LipschitzLR stands among the baselines."""
-    r = ranking(table)
-    metric = "final test accuracy" if r["metric"] == "final_test_acc_mean" else "final validation accuracy"
-    if "best_lipschitz" not in r:
-        return "No LipschitzLR variant (lr = 1/L) ran in this study."
-    name, rank, acc = r["best_lipschitz"]
-    if not np.isfinite(acc):
-        return "No LipschitzLR variant has an accuracy yet (every one diverged, failed or is still running)."
-    beaten, nbase = r["baselines_beaten"]
-    parts = [f"By mean {metric}, the best LipschitzLR variant (`{name}`, {acc:.4f}) ranks "
-             f"{_ordinal(rank)} of {r['n']} policies and beats {beaten} of {nbase} baselines"]
-    if "best_baseline" in r:
-        bname, brank, bacc = r["best_baseline"]
-        parts[0] += f"; the best baseline is `{bname}` ({bacc:.4f}, {_ordinal(brank)})"
-    parts[0] += "."
-    if "paper" in r and r["paper"][0] != name:
-        row = table.set_index("policy").loc[r["paper"][0]]
-        where = (f"ranks {_ordinal(r['paper'][1])} ({r['paper'][2]:.4f})" if np.isfinite(r["paper"][2])
-                 else "has no accuracy")
-        dead = f"; it diverged in {row.diverged} of {row.runs} runs" if row.diverged else ""
-        parts.append(f"The paper's own setting (`{r['paper'][0]}`: paper bound, per epoch, SGD) {where}{dead}.")
-    scaled = table[table.family == "lipschitz-scaled"]
-    if len(scaled) and "paper" in r and table[acc_col(table)].loc[scaled.index].notna().any():
-        best_s = scaled.sort_values("rank").iloc[0]
-        if best_s["rank"] < r["paper"][1]:
-            parts.append(f"Scaling 1/L helps: `{best_s.policy}` ranks {_ordinal(int(best_s['rank']))}, "
-                         "so 1/L is not the best constant multiple here.")
-        else:
-            parts.append("No multiple of 1/L tried (×0.1–×10) beats 1/L itself.")
-    return " ".join(parts)
-
-
-def summary_markdown(table: pd.DataFrame, spec: StudySpec | None = None, *, title: str | None = None,
-                     wall_time: float | None = None, command: str | None = None) -> str:
-    """A Markdown report: the setting, the verdict sentence and the table."""
-    name = spec.name if spec else "study"
-    lines = [f"## {title or 'What-if study: ' + name}", ""]
-    if spec is not None:
-        base = ", ".join(f"{k}={v!r}" for k, v in spec.base.items())
-        lines += [f"Base config: {base}; seeds {list(spec.seeds)}; {len(spec.policies)} policies.", ""]
-    if command:
-        lines += ["Command: `" + command + "`", ""]
-    if wall_time is not None:
-        lines += [f"Wall time: {wall_time / 60:.1f} min.", ""]
-    if len(table):
-        lines += [verdict(table), "", table_text(table), ""]
-        dead = table[(table.diverged > 0) | (table.failed > 0)]
-        if len(dead):
-            lines += ["Diverged or failed: " + ", ".join(
-                f"`{r.policy}` ({r.diverged} diverged, {r.failed} failed)" for _, r in dead.iterrows()) + ".", ""]
-        bad = table[table.verdict != "healthy"]
-        if len(bad):
-            said = ", ".join(f"`{r.policy}` ({r.verdict})" for _, r in bad.iterrows())
-            lines += [f"Not healthy: {said}.", ""]
-    else:
-        lines += ["No runs of this study are in the store yet.", ""]
-    return "\n".join(lines)

@@ -212,7 +212,7 @@ def load_study(path: str | Path) -> StudySpec:
 
 
 _GPT_RACE = ["lipschitz-strict-step-sgd", "lipschitz-strict-step-adam", "lipschitz-smooth-step-sgd",
-             "lipschitz-smooth-step-momentum", "transformer-baselines"]
+             "lipschitz-smooth-step-momentum", "curvature", "transformer-baselines"]
 
 #: the studies the CLI knows by name
 STUDY_PRESETS: dict[str, dict[str, Any]] = {
@@ -228,18 +228,20 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "train": {"dataset": "mnist", "model": "mnist_cnn", "batch_size": 256, "epochs": 3,
                   "train_subset": 12000, "dataset_options": {"download": False}, "augment": False},
     },
-    # the transformer race (issue 21): tiny_gpt (d=64, 2 layers) on the shipped text corpus, character
-    # level, 440 steps a run; LipschitzLR's strict and smooth rules per step against nanoGPT's AdamW
-    # with warm-up and cosine, Prodigy and Schedule-Free AdamW; ~3 min on 2 CPU cores
+    # the transformer race (issues 21, 23): tiny_gpt (d=64, 2 layers) on the shipped text corpus,
+    # character level, 440 steps a run; LipschitzLR's strict, smooth and curvature rules per step against
+    # nanoGPT's AdamW with warm-up and cosine, Prodigy and Schedule-Free AdamW; the curvature
+    # instruments every 20 steps
     "gpt-quick": {
         "study": {"name": "gpt-quick", "seeds": [0, 1], "target_acc": 0.25, "policies": _GPT_RACE},
-        "train": {"dataset": "text", "model": "tiny_gpt", "batch_size": 32, "epochs": 20, "device": "cpu"},
+        "train": {"dataset": "text", "model": "tiny_gpt", "batch_size": 32, "epochs": 20, "device": "cpu",
+                  "sharpness_every": 20},
     },
     # the same race on a + b mod 31 (only the answer is scored): 1,100 steps a run, ~2 min
     "gpt-quick-modadd": {
         "study": {"name": "gpt-quick-modadd", "seeds": [0, 1], "target_acc": 0.9, "policies": _GPT_RACE},
         "train": {"dataset": "modular_addition", "model": "tiny_gpt", "batch_size": 64, "epochs": 100,
-                  "device": "cpu"},
+                  "device": "cpu", "sharpness_every": 50},
     },
 }
 

@@ -128,6 +128,30 @@ def read_int(w: widgets.Text, *, optional: bool) -> int | None:
     return int(text)
 
 
+#: what a curvature measurement costs, where a person decides to pay it (docs/curvature.md, "Cost")
+SHARPNESS_TIP = ("λ_max of the loss's Hessian and the edge lr·λ_max every N steps (the stability figures); "
+                 "each measurement costs about 10 training steps (5 Hessian-vector products). Empty or 0: off")
+
+
+def every_field(label: str, value: int | None) -> widgets.Text:
+    """The ``sharpness_every`` field: N steps, or nothing (off); :func:`read_every` parses it."""
+    w = int_field(label, value, "sharpness_every")
+    w.placeholder, w.tooltip = "off (N steps)", SHARPNESS_TIP
+    return w
+
+
+def read_every(w: widgets.Text) -> int | None:
+    """``sharpness_every`` as typed: nothing or 0 is None (off), else an integer >= 1 (a ConfigError
+    names the field otherwise)."""
+    from lipschitz_lab.config import ConfigError
+    if w.value.strip() in ("", "0"):
+        return None
+    try:
+        return read_int(w, optional=True)
+    except ConfigError:
+        raise ConfigError(f"{w.field}={w.value!r}: need an integer >= 1 (steps), or 0 or nothing: off") from None
+
+
 # -- text -------------------------------------------------------------------------------------
 
 def inline_markdown(text: str) -> str:

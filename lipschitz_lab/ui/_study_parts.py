@@ -41,13 +41,18 @@ def lines(ready: str) -> tuple[widgets.HTML, widgets.HTML, widgets.HTML]:
 
 
 def results_html(table: pd.DataFrame) -> str:
-    """Rank, policy, final accuracy and verdict per policy: which runs learned and which did not."""
+    """Rank, policy, final accuracy and verdict per policy: which runs learned and which did not; for a
+    study that measured curvature, its instruments too (the median edge lr·λ_max, the share of measured
+    steps above the edge, λ_max first and last: studies/instruments.py)."""
     if not len(table):
         return ""
-    from lipschitz_lab.studies.results import acc_col
-    acc = acc_col(table)
+    from lipschitz_lab.studies.summary import INSTRUMENT_COLUMNS, acc_col, has_instruments, instrument_cells
+    acc, instruments = acc_col(table), has_instruments(table)
+    extra = "".join(f"<th>{html.escape(h)}</th>" for h in INSTRUMENT_COLUMNS.values()) if instruments else ""
     rows = "".join(f"<tr><td>{r['rank']}</td><td>{html.escape(r.policy)}</td>"
                    f"<td>{'–' if not np.isfinite(r[acc]) else format(r[acc], '.3f')}</td>"
-                   f"<td>{html.escape(r.verdict)}</td></tr>" for _, r in table.sort_values("rank").iterrows())
+                   f"<td>{html.escape(r.verdict)}</td>"
+                   + ("".join(f"<td>{html.escape(c)}</td>" for c in instrument_cells(r)) if instruments else "")
+                   + "</tr>" for _, r in table.sort_values("rank").iterrows())
     return ("<table style='font-size:90%'><tr><th>rank</th><th>policy</th><th>final acc</th><th>verdict</th>"
-            f"</tr>{rows}</table>")
+            f"{extra}</tr>{rows}</table>")

@@ -10,7 +10,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from lipschitz_lab.config import TrainConfig
-from lipschitz_lab.ui._fields import LABEL_WIDTH, duration, int_field, time_left
+from lipschitz_lab.ui._fields import LABEL_WIDTH, duration, every_field, int_field, time_left
 from lipschitz_lab.ui.figures import number
 
 Record = dict[str, Any]
@@ -20,9 +20,12 @@ DROPDOWNS = ("model", "loss", "lr_policy", "optimizer", "bound", "kz", "recomput
 NUMBERS = ("weight_decay", "min_lr", "max_lr")
 #: integers typed as text: "2.5" is refused in one line naming the field (an IntText would read 25)
 INTEGERS = ("batch_size", "epochs")
+#: integers where nothing (or 0) means off: the curvature instruments every N steps
+OPTIONAL_INTEGERS = ("sharpness_every",)
 LABELS = {"model": "model", "loss": "loss", "lr_policy": "policy", "optimizer": "optimizer", "bound": "bound",
           "kz": "K_z definition", "recompute": "recompute", "batch_size": "batch size m", "epochs": "epochs",
-          "weight_decay": "weight decay λ", "min_lr": "min lr", "max_lr": "max lr"}
+          "weight_decay": "weight decay λ", "min_lr": "min lr", "max_lr": "max lr",
+          "sharpness_every": "sharpness every"}
 
 
 def make_controls(base: TrainConfig, data) -> dict[str, widgets.ValueWidget]:
@@ -37,11 +40,19 @@ def make_controls(base: TrainConfig, data) -> dict[str, widgets.ValueWidget]:
         controls[name] = int_field(LABELS[name], getattr(base, name), name)
     for name in NUMBERS:
         controls[name] = widgets.FloatText(value=getattr(base, name), description=LABELS[name])
+    controls["sharpness_every"] = every_field(LABELS["sharpness_every"], base.sharpness_every)
     for w in controls.values():
         w.style.description_width = LABEL_WIDTH
         w.layout.width = "260px"
     return controls
 
+
+
+def widget_value(name: str, value: Any) -> Any:
+    """A config value as its widget holds it (the integers are typed as text; None is empty)."""
+    if name in INTEGERS or name in OPTIONAL_INTEGERS:
+        return "" if value is None else str(value)
+    return value
 
 
 def run_name(cfg: dict[str, Any]) -> str:
@@ -73,7 +84,8 @@ def running_text(run_id: str | None, cfg: dict[str, Any]) -> str:
     """``run r-… · digits / mlp / softmax_ce / lipschitz strict, per step · cpu``."""
     c = {**TrainConfig().to_dict(), **cfg}          # the run's config, not the widgets' now
     rule = f" {c['bound']}, per {c['recompute']}" if c["lr_policy"] == "lipschitz" else ""
-    what = f"{c['dataset']} / {c['model']} / {c['loss']} / {c['lr_policy']}{rule}"
+    sharp = f" / λ_max every {c['sharpness_every']} steps" if c.get("sharpness_every") else ""
+    what = f"{c['dataset']} / {c['model']} / {c['loss']} / {c['lr_policy']}{rule}{sharp}"
     return (f"run <code>{run_id}</code> · {what}"
             f" · {html.escape(str(c['device']))}")
 

@@ -16,8 +16,12 @@ Record = dict[str, Any]
 
 #: step-record fields the figures use, in column order; ``gap`` is grad_last / L.
 #: ``beta`` (β = S₂·σ_max([A,1])²), ``sigma_max`` and ``lr_smooth`` (c/β) come with the smoothness bound.
+#: ``inv_L`` is 1/L (the stability figure draws it beside lr and 1/λ_max).
 STEP_COLUMNS = ("step", "epoch", "lr", "K_z", "L", "L_paper", "L_corrected", "grad_last",
-                "gap", "gap_paper", "gap_corrected", "loss", "acc", "beta", "sigma_max", "lr_smooth")
+                "gap", "gap_paper", "gap_corrected", "loss", "acc", "beta", "sigma_max", "lr_smooth", "inv_L")
+#: the measured steps of a run with ``sharpness_every`` (one row each): λ_max, edge = lr·λ_max with the
+#: rate the update used, 1/λ_max, and the rate itself
+CURVATURE_COLUMNS = ("step", "lambda_max", "edge", "inv_lambda", "lr")
 EPOCH_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
                  "test_loss", "test_acc")
 
@@ -49,7 +53,8 @@ def _ratios(num: list[float], den: list[float]) -> list[float]:
 def step_columns(records: Iterable[Record]) -> dict[str, list[float]]:
     """Columns of :data:`STEP_COLUMNS` from step records (other kinds are skipped)."""
     rows = [r for r in records if _is_step(r)]
-    cols = {c: [number(r.get(c)) for r in rows] for c in STEP_COLUMNS if not c.startswith("gap")}
+    cols = {c: [number(r.get(c)) for r in rows] for c in STEP_COLUMNS if not c.startswith(("gap", "inv_"))}
+    cols["inv_L"] = _ratios([1.0] * len(rows), cols["L"])
     cols["gap"] = _ratios(cols["grad_last"], cols["L"])
     cols["gap_paper"] = _ratios(cols["grad_last"], cols["L_paper"])
     cols["gap_corrected"] = _ratios(cols["grad_last"], cols["L_corrected"])
@@ -122,3 +127,27 @@ def has_smoothness_fields(records: Iterable[Record]) -> bool:
     """True when some step record carries β or lr_smooth (runs since the smoothness bound)."""
     return any(_is_step(r) and (r.get("beta") is not None or r.get("lr_smooth") is not None)
                for r in records)
+
+
+def has_curvature_fields(records: Iterable[Record]) -> bool:
+    """True when some step record carries the curvature instruments (``sharpness_every``: every step
+    has ``edge_limit``, the measured ones ``lambda_max``)."""
+    return any(_is_step(r) and (r.get("edge_limit") is not None or r.get("lambda_max") is not None)
+               for r in records)
+
+
+def curvature_columns(records: Iterable[Record]) -> dict[str, list[float]]:
+    """Columns of :data:`CURVATURE_COLUMNS`, one row per measured step (one with a ``lambda_max``)."""
+    rows = [r for r in records if _is_step(r) and r.get("lambda_max") is not None]
+    cols = {c: [number(r.get(c)) for r in rows] for c in CURVATURE_COLUMNS if c != "inv_lambda"}
+    cols["inv_lambda"] = _ratios([1.0] * len(rows), cols["lambda_max"])
+    return {c: cols[c] for c in CURVATURE_COLUMNS}
+
+
+def edge_limit(records: Iterable[Record]) -> float | None:
+    """The run's ``edge_limit`` (2 for gradient descent, 2(1+μ) with heavy ball), from its first step
+    record that has one; None without the instruments."""
+    for r in records:
+        if _is_step(r) and r.get("edge_limit") is not None:
+            return number(r["edge_limit"])
+    return None

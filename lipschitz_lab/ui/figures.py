@@ -13,58 +13,30 @@ import math
 from typing import Any, Iterable
 
 from bokeh.layouts import gridplot
-from bokeh.models import ColumnDataSource, DataRange1d, GlyphRenderer, LegendItem, Line, LogScale, Range1d
-from bokeh.palettes import Category10_10, Viridis256
+from bokeh.models import ColumnDataSource, DataRange1d, GlyphRenderer, Line, LogScale, Range1d
 
-from lipschitz_lab.ui.columns import (EPOCH_COLUMNS, STEP_COLUMNS, arrays, epoch_columns,
+from lipschitz_lab.ui.columns import (EPOCH_COLUMNS, STEP_COLUMNS, arrays, epoch_columns, has_curvature_fields,
                                       has_lipschitz_fields, has_smoothness_fields, layer_columns,
                                       layer_names, mark_columns, number, step_columns)
-from lipschitz_lab.ui.run_plots import TITLES, bound_figures, epoch_figures, layers_figure, rate_figures
+from lipschitz_lab.ui.run_plots import (MAX_LAYER_ITEMS, TITLES, bound_figures, epoch_figures, layer_legend,
+                                        layer_style, layers_figure, rate_figures)
+from lipschitz_lab.ui.stability_plots import STABILITY_FIGURES, Stability
 
-__all__ = ["RunFigures", "TITLES", "STEP_COLUMNS", "EPOCH_COLUMNS", "MAX_POINTS", "number", "step_columns",
-           "epoch_columns", "mark_columns", "layer_names", "layer_columns", "has_lipschitz_fields",
-           "has_smoothness_fields", "layer_style", "layer_legend"]
+__all__ = ["RunFigures", "TITLES", "STEP_COLUMNS", "EPOCH_COLUMNS", "MAX_POINTS", "MAX_LAYER_ITEMS", "number",
+           "step_columns", "epoch_columns", "mark_columns", "layer_names", "layer_columns", "has_lipschitz_fields",
+           "has_smoothness_fields", "has_curvature_fields", "layer_style", "layer_legend"]
 
 Record = dict[str, Any]
 
 #: a live run keeps at most this many step rows; beyond it every other row goes
 MAX_POINTS = 4000
-#: figures in layout order (the smoothness figure shows only for runs whose records carry β)
-ORDER = ("loss", "acc", "lr", "K_z", "grad", "gap", "layers", "smooth")
+#: figures in layout order (the smoothness figure shows only for runs whose records carry β, the stability
+#: figures only for runs that measure their curvature)
+ORDER = ("loss", "acc", "lr", "K_z", "edge", "curv", "grad", "gap", "layers", "smooth")
 #: figures of a Lipschitz policy's fields only: a baseline run leaves them out (they would be empty boxes)
 BOUND_FIGURES = ("K_z", "grad", "gap", "layers")
 #: the figures that draw the epoch records and those that draw the step records
-EPOCH_FIGURES, STEP_FIGURES = ("loss", "acc"), ("lr", "K_z", "grad", "gap", "layers", "smooth")
-#: up to this many layers get a legend entry each; deeper models get entries for blocks of layers
-MAX_LAYER_ITEMS = 12
-
-
-def layer_style(names: list[str]) -> list[tuple[str, str, float]]:
-    """(label, colour, width) per layer: the last layer (the bound's) black and bold;
-    deeper models coloured by depth."""
-    n, last = len(names), len(names) - 1
-    palette = Category10_10 if n <= 10 else [Viridis256[int(i * 220 / max(n - 2, 1))] for i in range(n)]
-    style = []
-    for i, name in enumerate(names):
-        label = f"layer {name}" if name.isdigit() else name     # nn.Sequential names its layers 0, 1, ...
-        if i == last:
-            style.append((f"{label} (last layer)", "black", 3.0))
-        else:
-            style.append((label, palette[i % len(palette)], 1.5))
-    return style
-
-
-def layer_legend(labels: list[str], renderers: list) -> list[LegendItem]:
-    """One entry per layer up to :data:`MAX_LAYER_ITEMS`; else the last layer alone and
-    the others in at most ``MAX_LAYER_ITEMS - 1`` blocks of consecutive layers (a click
-    hides a block): a legend taller than its figure would hide the entries below."""
-    if len(labels) <= MAX_LAYER_ITEMS:
-        return [LegendItem(label=t, renderers=[r]) for t, r in zip(labels, renderers)]
-    rest = len(labels) - 1
-    size = math.ceil(rest / (MAX_LAYER_ITEMS - 1))
-    items = [LegendItem(label=f"{labels[i]} … {labels[min(i + size, rest) - 1]}",
-                        renderers=renderers[i:min(i + size, rest)]) for i in range(0, rest, size)]
-    return items + [LegendItem(label=labels[-1], renderers=[renderers[-1]])]
+EPOCH_FIGURES, STEP_FIGURES = ("loss", "acc"), ("lr", "K_z", "grad", "gap", "layers", "smooth", *STABILITY_FIGURES)
 
 
 class RunFigures:
@@ -92,6 +64,7 @@ class RunFigures:
         self.epochs = ColumnDataSource(epoch_columns([]))
         self.layers = ColumnDataSource({"step": []})
         self.marks = ColumnDataSource(mark_columns([]))
+        self.stability = Stability(max_points)   # the measured steps (sharpness_every) and the edge limit
         sizing_mode = "stretch_width" if width is None else None
         size = {"height": height, "sizing_mode": sizing_mode} if width is None else {"width": width, "height": height}
         self.figures = self._build(size)
@@ -100,6 +73,7 @@ class RunFigures:
         self.fit_ranges("epochs", False)
         self.fit_ranges("steps", False)
         self.show_smoothness(False)
+        self.show_curvature(False)
         self._grid = dict(ncols=ncols, sizing_mode=sizing_mode, toolbar_location="right", merge_tools=True)
         self.layout = gridplot([self.figures[k] for k in ORDER], **self._grid)
 
@@ -109,6 +83,7 @@ class RunFigures:
         f.update(rate_figures(self.steps, self.marks, size))
         f.update(bound_figures(self.steps, self.marks, size, f["lr"].x_range))
         f["layers"], self._layers_legend = layers_figure(size, f["lr"].x_range)
+        f.update(self.stability.figures(self.steps, size, f["lr"].x_range))
         return f
 
     def show_bounds(self, on: bool) -> None:
@@ -124,6 +99,12 @@ class RunFigures:
         for item in self.figures["lr"].legend[0].items:
             if any(getattr(r.glyph, "y", None) == "lr_smooth" for r in item.renderers):
                 item.visible = on
+
+    def show_curvature(self, on: bool) -> None:
+        """Show the stability figures (edge = lr·λ_max; lr, 1/L and 1/λ_max) or hide them: a run without
+        ``sharpness_every`` measures no curvature."""
+        for key in STABILITY_FIGURES:
+            self._show(key, on)
 
     def set_layers(self, names: list[str], records: Iterable[Record] = ()) -> None:
         """Draw one line per layer; the last layer (the one the bound is about) bold and black.
@@ -210,6 +191,7 @@ class RunFigures:
         self.steps.data = step_columns([])
         self.epochs.data = epoch_columns([])
         self.marks.data = mark_columns([])
+        self.stability.reset()
         # the layer lines stay: the next run of the same model streams into them
         # (add_steps redraws them when the layers differ)
         self.layers.data = layer_columns([], self.layer_names)
@@ -233,8 +215,10 @@ class RunFigures:
         self.steps.data = step_columns(kept)
         self.epochs.data = epoch_columns(records)
         self.marks.data = mark_columns(steps)
+        self.stability.load(steps)
         self.show_bounds(has_lipschitz_fields(steps) or not steps)
         self.show_smoothness(has_smoothness_fields(steps))
+        self.show_curvature(has_curvature_fields(steps))
         self._kind_checked = True
         self.fit_ranges("steps", bool(steps))
         self.fit_ranges("epochs", bool(self.epochs.data["epoch"]))
@@ -247,6 +231,8 @@ class RunFigures:
             self._kind_checked = True
             self.show_bounds(has_lipschitz_fields(records))
             self.show_smoothness(has_smoothness_fields(records))
+            self.show_curvature(has_curvature_fields(records))
+            self.stability.first_look(records)
         if not self._layers_checked:
             self._layers_checked = True
             names = layer_names(records)
@@ -281,6 +267,7 @@ class RunFigures:
             self.layers.stream(arrays(layer_columns(kept, self.layer_names)))
         if kept:
             self.steps.stream(arrays(step_columns(kept)))
+        self.stability.add(records)            # the measured steps, whatever the steps' stride
         marks = mark_columns(records)
         if marks["step"]:
             self.marks.stream(marks)

@@ -40,6 +40,15 @@ CURVE_COLORS = ("#1f77b4", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"
 EMPTY_CURVES = {"xs": [], "ys": [], "label": [], "color": [], "dash": []}
 EMPTY_LEVEL = {"x0": [], "x1": [], "y": []}
 EMPTY_POINTS = {"z": [], "y": [], "text": []}
+#: why a gradient bound is not a step size (issue 23), and where to watch the difference
+STEP_SIZE_NOTE = (
+    "<p class='lipschitz-step-size-note'><b>Why L is not a step size.</b> A gradient bound such as the "
+    "paper's L bounds |∂E/∂w|, the gradient's size, but how far a step may safely go is set by the curvature, "
+    "the Hessian's top eigenvalue λ<sub>max</sub>: gradient descent is stable only while "
+    "lr·λ<sub>max</sub> &lt; 2 (2(1+μ) with heavy-ball momentum), whatever L says. "
+    "Watch it in the <i>Live training</i> tab: set <i>sharpness every</i> N steps (the CLI's "
+    "<code>--sharpness-every N</code>) and its stability figure draws lr·λ<sub>max</sub> against 2, "
+    "beside lr, 1/L and 1/λ<sub>max</sub>.</p>")
 
 
 def _verdict(d) -> str:
@@ -103,6 +112,7 @@ class DerivationPanel(widgets.VBox):
         self.loss = widgets.Dropdown(options=list(LOSS_SPECS), value=loss, description="loss")
         self.title, self.latex, self.claim = widgets.HTML(), widgets.HTMLMath(), widgets.HTMLMath()
         self.smooth_text = widgets.HTMLMath()
+        self.step_note = widgets.HTML(STEP_SIZE_NOTE)
         self.curves = ColumnDataSource(dict(EMPTY_CURVES))
         self.derived_level = ColumnDataSource(dict(EMPTY_LEVEL))
         self.paper_level = ColumnDataSource(dict(EMPTY_LEVEL))
@@ -120,7 +130,8 @@ class DerivationPanel(widgets.VBox):
         load_bokehjs()
         self.bokeh = OneWayBokeh(column(self.plot, self.smooth_plot))   # 2) then the widget renders them
         self.loss.observe(lambda change: self.show(change["new"]), names="value")
-        super().__init__(children=[self.loss, self.title, self.latex, self.claim, self.smooth_text, self.bokeh])
+        super().__init__(children=[self.loss, self.title, self.latex, self.claim, self.smooth_text, self.step_note,
+                                   self.bokeh])
         self.add_class("lipschitz-derivation-panel")
 
     def show(self, name: str) -> None:

@@ -35,7 +35,8 @@ from lipschitz_lab.config import ConfigError, TrainConfig
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.studies.spec import StudySpec, catalogue, select, validate_study
 from lipschitz_lab.ui._bridge import Bridge, BridgedPanel, load_bokehjs, poll_study, running_loop
-from lipschitz_lab.ui._fields import LABEL_WIDTH, DataFields, duration, inline_markdown, int_field, read_int
+from lipschitz_lab.ui._fields import (LABEL_WIDTH, DataFields, duration, every_field, inline_markdown, int_field,
+                                     read_every, read_int)
 from lipschitz_lab.ui._study_parts import (DEFAULT_SELECTION, backends, hint, lines, policy_selector,
                                            results_html)
 from lipschitz_lab.ui.bokeh_widget import OneWayBokeh
@@ -67,6 +68,7 @@ class StudyPanel(BridgedPanel, widgets.VBox):
         self.epochs = int_field("epochs", cfg.epochs, "epochs")
         self.max_steps = int_field("max steps", cfg.max_steps, "max_steps")
         self.batch_size = int_field("batch size m", cfg.batch_size, "batch_size")
+        self.sharpness = every_field("sharpness every", cfg.sharpness_every)   # the instruments' columns
         self.seeds = widgets.Text(value=", ".join(str(s) for s in seeds), description="seeds")
         self.backend = widgets.Dropdown(options=list(backends()), value="local", description="backend")
         self.address = widgets.Text(value="", description="Ray address", placeholder="auto, ray://host:10001")
@@ -74,7 +76,7 @@ class StudyPanel(BridgedPanel, widgets.VBox):
         self.backend.observe(lambda _c: self._show_address(), names="value")
         self._show_address()
         fields = [self.data.dataset, self.model, self.data.device, self.epochs, self.max_steps, self.batch_size,
-                  self.seeds, self.backend, self.address, self.workers]
+                  self.sharpness, self.seeds, self.backend, self.address, self.workers]
         for w in fields + [self.data.data_root, self.data.path]:
             w.style.description_width = LABEL_WIDTH
             w.layout.width = "300px"
@@ -126,7 +128,8 @@ class StudyPanel(BridgedPanel, widgets.VBox):
         return {**self.base, **data, "dataset_options": {**options, **data["dataset_options"]},
                 "model": self.model.value, "epochs": read_int(self.epochs, optional=False),
                 "max_steps": read_int(self.max_steps, optional=True),
-                "batch_size": read_int(self.batch_size, optional=False)}
+                "batch_size": read_int(self.batch_size, optional=False),
+                "sharpness_every": read_every(self.sharpness)}
 
     def build_spec(self) -> StudySpec:
         """The study a Launch would run (raises ConfigError naming a bad field)."""

@@ -29,11 +29,11 @@ from lipschitz_lab.config import PAPER_RULE, TrainConfig
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.runs.verdict import Tally
 from lipschitz_lab.ui._bridge import Bridge, BridgedPanel, load_bokehjs, running_loop
-from lipschitz_lab.ui._fields import DataFields, read_int
-from lipschitz_lab.ui._training_parts import (DROPDOWNS, INTEGERS, dataset_task, make_controls, progress_text,
-                                              run_name, running_text)
+from lipschitz_lab.ui._fields import DataFields, read_every, read_int
+from lipschitz_lab.ui._training_parts import (DROPDOWNS, INTEGERS, OPTIONAL_INTEGERS, dataset_task, make_controls,
+                                              progress_text, run_name, running_text, widget_value)
 from lipschitz_lab.ui.bokeh_widget import OneWayBokeh
-from lipschitz_lab.ui.figures import RunFigures, number
+from lipschitz_lab.ui.figures import RunFigures
 from lipschitz_lab.ui.report import as_store
 
 Record = dict[str, Any]
@@ -90,7 +90,7 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         self._cfg: dict[str, Any] = {}
         self._per_epoch: int | None = None   # steps per epoch, once known
         self._tally = Tally()                # the run's verdict so far (runs/verdict.py)
-        self._said: str | None = None
+        self._said: tuple[str, str] | None = None   # the verdict kind and the edge line the status shows
         self._running = False
 
         grid = widgets.GridBox(list(self.controls.values()),
@@ -115,8 +115,7 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
     def use(self, **values: Any) -> None:
         """Set widgets by config field (the paper's rule button: bound and recompute)."""
         for name, value in values.items():
-            w = self.controls[name]
-            w.value = str(value) if name in INTEGERS else value
+            self.controls[name].value = widget_value(name, value)
 
     def _fit_loss(self) -> None:
         """A data set of another task gets a loss that suits it (MNIST after breast_cancer: not bce)."""
@@ -132,8 +131,8 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         """The config a Start would train: the defaults, overridden by the widgets (a ConfigError
         names a field typed wrong)."""
         cfg = dict(self.defaults)
-        cfg.update({name: read_int(w, optional=False) if name in INTEGERS else w.value
-                    for name, w in self.controls.items()})
+        cfg.update({name: read_int(w, optional=False) if name in INTEGERS else
+                    read_every(w) if name in OPTIONAL_INTEGERS else w.value for name, w in self.controls.items()})
         data = self.data.config()
         same_set = data["dataset"] == self.defaults.get("dataset", TrainConfig.dataset)
         options = dict(self.defaults.get("dataset_options") or {}) if same_set else {}
@@ -161,7 +160,7 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         self._active = True
         self._per_epoch = None
         self._tally = Tally(max_lr=cfg.get("max_lr"))
-        self._said = None                    # the verdict kind the status line shows
+        self._said = None                    # the verdict kind and edge line the status line shows
         self.figures.reset()
         self.figures.plan(cfg.get("max_steps"))
         self.counter.value = "step 0"
@@ -235,13 +234,14 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
         self.counter.value = progress_text(r, self.total_steps(), self._cfg.get("epochs"))
 
     def _show_verdict(self) -> None:
-        """While running, the status line says a run gone wrong as soon as its records show it."""
-        said = self._tally.verdict(config=self._cfg)
-        if self._active and self._running and said.kind != self._said:
-            self._said = said.kind
+        """While running, the status line says a run gone wrong as soon as its records show it, and how
+        often the rate crossed the edge of stability (a run with sharpness_every: runs/edge.py)."""
+        said, edge = self._tally.verdict(config=self._cfg), self._tally.edge.text()
+        if self._active and self._running and (said.kind, edge) != self._said:
+            self._said = (said.kind, edge)
             text = running_text(self.run_id, self._cfg)
             more = "" if said.kind == "healthy" else f" · {html.escape(said.text)}"
-            self._set_status("running", text + more)
+            self._set_status("running", text + more + (f" · {html.escape(edge)}" if edge else ""))
 
     def _on_status(self, r: Record) -> None:
         self.run_id = r.get("run_id") or self.run_id
@@ -263,8 +263,10 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
             acc = f" · val_acc {final[-1]:.4f}" if len(final) and not math.isnan(final[-1]) else ""
             said = self._tally.verdict(r["status"], r.get("reason"), config=self._cfg)
             reason = f" · {html.escape(r['reason'])}" if r.get("reason") and said.kind != "diverged" else ""
+            edge = self._tally.edge.text()
             self._set_status(r["status"], f"run <code>{r['run_id']}</code> · {r['steps']} steps in "
-                                          f"{r['wall_time']:.1f} s{acc}{reason} · {html.escape(said.text)}")
+                                          f"{r['wall_time']:.1f} s{acc}{reason} · {html.escape(said.text)}"
+                                          + (f" · {html.escape(edge)}" if edge else ""))
         else:  # "error" (bad config: no run was created) or "failed"
             self.error = r["message"]
             self._set_status("error" if event == "error" else "failed", html.escape(r["message"]))

@@ -15,6 +15,7 @@ from bokeh.models import Div
 from bokeh.resources import INLINE
 
 from lipschitz_lab.runs import RunStore, open_store
+from lipschitz_lab.runs.edge import edge_line
 from lipschitz_lab.runs.verdict import verdict
 from lipschitz_lab.ui.figures import RunFigures, has_lipschitz_fields, number
 
@@ -39,7 +40,17 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
-def _header(run: dict, epochs: list[dict], lipschitz: bool, said) -> Div:
+def _edge(line: str) -> str:
+    """The stability line (runs/edge.py) and what its figure shows; nothing for a run that measured
+    no curvature."""
+    if not line:
+        return ""
+    return (f"<p class='lipschitz-edge'>{html.escape(line)} <i>(lr·λ_max above 2 is unstable along the "
+            "Hessian's top eigenvector; 2(1+μ) with heavy-ball momentum: see the edge-of-stability "
+            "figure)</i></p>")
+
+
+def _header(run: dict, epochs: list[dict], lipschitz: bool, said, edge: str = "") -> Div:
     cfg = run["config"]
     title = html.escape(run["name"] or run["id"])
     rows = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td>{_fmt(cfg[k])}</td></tr>"
@@ -56,7 +67,7 @@ def _header(run: dict, epochs: list[dict], lipschitz: bool, said) -> Div:
             f" · created {html.escape(run['created'])}"
             + (f" · final {final}" if final else "") + "</p>"
             f"<p class='lipschitz-verdict'>verdict: <b>{html.escape(said.text)}</b></p>"
-            f"{note}<table style='font-size:90%'>{rows}</table>")
+            f"{_edge(edge)}{note}<table style='font-size:90%'>{rows}</table>")
     return Div(text=text, sizing_mode="stretch_width")
 
 
@@ -75,7 +86,8 @@ def write_report(store: RunStore | str | os.PathLike, run_id: str, path: str | o
     figs = RunFigures(ncols=REPORT_COLUMNS, height=REPORT_HEIGHT)      # the page's width
     figs.load(records)
     said = verdict(records, run["status"], run.get("reason"), config=run["config"])
-    doc = column(_header(run, epochs, lipschitz, said), figs.layout, sizing_mode="stretch_width")
+    header = _header(run, epochs, lipschitz, said, edge_line(records))
+    doc = column(header, figs.layout, sizing_mode="stretch_width")
 
     out = Path(path) if path is not None else Path(store.path).parent / "reports" / f"{run_id}.html"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,10 @@ and a rug, since such steps vanish from a log axis.
 """
 from __future__ import annotations
 
-from bokeh.models import ColumnDataSource, HoverTool, Legend
+import math
+
+from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem
+from bokeh.palettes import Category10_10, Viridis256
 from bokeh.plotting import figure
 
 from lipschitz_lab.ui.axes import add_marks_range, integer_axis, legend_outside, readable_log_axis
@@ -24,9 +27,13 @@ TITLES = {
     "gap": "Gap: grad_last / L (below 1: the bound holds; log)",
     "layers": "Per-layer max |grad| against the last layer's (eq. 1; log)",
     "smooth": "Smoothness β = S₂·σ_max([A,1])² beside L (log)",
+    "edge": "Edge of stability: lr·λ_max on the measured steps (log)",
+    "curv": "lr beside 1/L (gradient bound) and 1/λ_max (curvature) (log)",
 }
 
 TOOLS = "pan,box_zoom,wheel_zoom,reset,save"
+#: up to this many layers get a legend entry each; deeper models get entries for blocks of layers
+MAX_LAYER_ITEMS = 12
 MARK_COLOR = "#c51b7d"      # magenta: no data line uses it (L is red)
 MARK_ALPHA = 0.25
 
@@ -136,3 +143,31 @@ def layers_figure(size: dict, steps_x) -> tuple:
     p = new_figure("layers", "step", "max |∂E/∂w| of the layer", size, y_log=True, x_range=steps_x)
     legend = legend_outside(p, legend=Legend(items=[]))
     return p, legend
+
+
+def layer_style(names: list[str]) -> list[tuple[str, str, float]]:
+    """(label, colour, width) per layer: the last layer (the bound's) black and bold;
+    deeper models coloured by depth."""
+    n, last = len(names), len(names) - 1
+    palette = Category10_10 if n <= 10 else [Viridis256[int(i * 220 / max(n - 2, 1))] for i in range(n)]
+    style = []
+    for i, name in enumerate(names):
+        label = f"layer {name}" if name.isdigit() else name     # nn.Sequential names its layers 0, 1, ...
+        if i == last:
+            style.append((f"{label} (last layer)", "black", 3.0))
+        else:
+            style.append((label, palette[i % len(palette)], 1.5))
+    return style
+
+
+def layer_legend(labels: list[str], renderers: list) -> list[LegendItem]:
+    """One entry per layer up to :data:`MAX_LAYER_ITEMS`; else the last layer alone and
+    the others in at most ``MAX_LAYER_ITEMS - 1`` blocks of consecutive layers (a click
+    hides a block): a legend taller than its figure would hide the entries below."""
+    if len(labels) <= MAX_LAYER_ITEMS:
+        return [LegendItem(label=t, renderers=[r]) for t, r in zip(labels, renderers)]
+    rest = len(labels) - 1
+    size = math.ceil(rest / (MAX_LAYER_ITEMS - 1))
+    items = [LegendItem(label=f"{labels[i]} … {labels[min(i + size, rest) - 1]}",
+                        renderers=renderers[i:min(i + size, rest)]) for i in range(0, rest, size)]
+    return items + [LegendItem(label=labels[-1], renderers=[renderers[-1]])]
