@@ -114,7 +114,7 @@ class DirectionalRate:
         if not max_factor >= 1.0:
             raise ValueError(f"max_factor must be >= 1; got max_factor={max_factor!r}")
         self.beta, self.max_factor = float(beta), float(max_factor)
-        self.first_outright = first_outright   # False: the rate in force is already a good start (a warm start)
+        self.first_outright = first_outright   # False: the rate in force is a good start already
         self.min_lr, self.max_lr = min_lr, max_lr
         self.num = self.den = self.seen = None    # float64 0-d EMAs and "a sample was taken"
 
