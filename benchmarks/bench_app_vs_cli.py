@@ -1,6 +1,6 @@
 """The same run in the app (in Chromium) and in the CLI, paired in one session (issue 24).
 
-    .venv/bin/python benchmarks/bench_app_vs_cli.py [--pairs 3] [--epochs N] [--profile DIR]
+    .venv/bin/python benchmarks/bench_app_vs_cli.py [--pairs 3] [--epochs N] [--app-threads N] [--profile DIR]
 
 The run: TrainConfig's defaults (digits, MLP, softmax_ce, strict bound per step), the app's
 Start pressed with no change, and ``lipschitz-lab train`` with no flag but ``--store`` and
@@ -14,6 +14,8 @@ Per run, two times:
   whole   the app: from the click on Start to "finished" on the status line;
           the CLI: the whole process, Python's start and torch's import included
 Target: the app's ``whole`` <= 1.25 x the CLI's ``whole`` (medians).
+``--app-threads N`` passes ``--threads N`` to the app (default: the app's own default, one torch
+thread fewer than the cores); the CLI keeps torch's default.
 ``--profile DIR`` records the app's kernel with py-spy (if installed) during the first app run.
 """
 from __future__ import annotations
@@ -111,11 +113,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=None, help="default: TrainConfig's")
+    ap.add_argument("--app-threads", type=int, default=None, help="default: the app's")
     ap.add_argument("--profile", type=Path, default=None)
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
     tmp = Path(tempfile.mkdtemp(prefix="bench-app-vs-cli-"))
-    app = App([sys.executable, "-m", "lipschitz_lab", "app", "--no-browser", "--store", str(tmp / "app.db")], tmp)
+    threads = [] if args.app_threads is None else ["--threads", str(args.app_threads)]
+    app = App([sys.executable, "-m", "lipschitz_lab", "app", "--no-browser", "--store", str(tmp / "app.db"),
+               *threads], tmp)
     results: dict[str, list[dict]] = {"app": [], "cli": []}
     try:
         url = app.url()

@@ -107,6 +107,22 @@ def test_bad_options_are_one_line_errors(cli):
     assert code == 2 and err.strip() == "lipschitz-lab: error: --port=70000: must be in 1..65535 (or 0: a free one)"
     code, _, err = cli("app", "--cull-after", "0", "--no-browser")
     assert code == 2 and "--cull-after=0" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("app", "--threads", "0", "--no-browser")
+    assert code == 2 and err.strip() == "lipschitz-lab: error: --threads=0: must be >= 1"
+
+
+def test_the_pages_kernel_leaves_a_core_to_the_page_unless_told(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from lipschitz_lab.cli.app import _environment, kernel_threads
+    assert [kernel_threads(n) for n in (1, 2, 16)] == [1, 1, 15]
+    args = SimpleNamespace(store=str(tmp_path / "s.db"), data_root=None, threads=None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert _environment(tmp_path, args, "t")["OMP_NUM_THREADS"] == str(kernel_threads())
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")                   # the user's setting wins
+    assert _environment(tmp_path, args, "t")["OMP_NUM_THREADS"] == "3"
+    args.threads = 2                                             # and --threads over it
+    assert _environment(tmp_path, args, "t")["OMP_NUM_THREADS"] == "2"
 
 
 class App:

@@ -220,3 +220,24 @@ def test_lines_are_at_most_110_characters():
 
 def test_the_line_check_can_fail():
     assert _long_lines(limit=60) != []
+
+
+#: a packed statistics vector read by position (issue 20): the layouts name every slot instead
+INDEXED = re.compile(r"(values|v|vals)\[[0-9-]")             # the issue's grep, as written
+
+
+def _indexed_reads(prefixes=("lipschitz_lab.scheduler", "lipschitz_lab.probe", "lipschitz_lab.training"),
+                   modules=None):
+    return [f"{m}:{i}: {line.strip()}" for m, p in (modules or MODULES).items() if m.startswith(prefixes)
+            for i, line in enumerate(p.read_text().splitlines(), 1) if INDEXED.search(line)]
+
+
+def test_no_statistic_is_read_by_its_position():
+    assert _indexed_reads() == []
+
+
+def test_the_position_check_can_fail(tmp_path):
+    planted = tmp_path / "stats.py"
+    planted.write_text("def beta(values):\n    return values[6] * values[-3]\n")
+    found = _indexed_reads(("planted",), {"planted.stats": planted})
+    assert found == ["planted.stats:2: return values[6] * values[-3]"]

@@ -575,3 +575,12 @@ def test_choosing_runs_overlays_their_curves(store):
     c = _fake_run(store, "c", 5, 0.5)
     panel.refresh()
     assert c in [v for _, v in panel.select.options] and panel.select.value == (b,)
+
+
+def test_a_finished_run_that_went_wrong_is_not_drawn_in_success_green():
+    from lipschitz_lab.ui._bridge import STATUS_COLORS, status_html
+    green = f"color:{STATUS_COLORS['finished']}"
+    assert green in status_html("finished", "healthy: loss 1.8 → 0.03", "healthy")
+    assert green in status_html("finished", "a run without a verdict yet")
+    for kind in ("collapsed", "blew up", "not learning", "too short"):
+        assert green not in status_html("finished", kind, kind), kind

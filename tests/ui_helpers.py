@@ -123,6 +123,6 @@ def tracebacks(log_text: str) -> list[str]:
 
 
 def bokeh_console_problems(console: list[tuple[str, str]]) -> list[str]:
-    """Console lines that are BokehJS warnings or errors, or any error."""
+    """Console lines that are BokehJS or jupyter_bokeh warnings, or any error."""
     return [f"{kind}: {text}" for kind, text in console
-            if kind == "error" or (kind == "warning" and "[bokeh" in text)]
+            if kind == "error" or (kind == "warning" and ("[bokeh" in text or "BokehView" in text))]

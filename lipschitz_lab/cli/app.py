@@ -33,6 +33,7 @@ NOISE = re.compile(r"is not trusted|without encryption|websocket_ping_timeout|Se
 #: seconds Voilà gets to shut its kernels down after Ctrl-C before it is killed
 STOP_GRACE_S = 10.0
 
+
 def register(sub) -> None:
     p = sub.add_parser("app", help="the lab as a desktop app: the panels as tabs in your browser (Voila)",
                        description=__doc__.splitlines()[0].split(": ", 1)[1])
@@ -44,6 +45,9 @@ def register(sub) -> None:
                    help="run store (default: $LIPSCHITZ_LAB_STORE, else runs/lipschitz_lab.db)")
     p.add_argument("--data-root", metavar="DIR", help="the data folder the panels start with "
                                                       "(default: $LIPSCHITZ_LAB_DATA, else the usual one)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads in the page's kernel (default: $OMP_NUM_THREADS, else one fewer than "
+                        "the cores, at least 1: the browser and the kernel's own thread need one)")
     p.add_argument("--cull-after", type=int, default=900, metavar="S",
                    help="shut down the kernel of a page gone for S seconds (default: 900)")
     p.set_defaults(func=run)
@@ -83,7 +87,21 @@ def _environment(folder: Path, args, token: str) -> dict[str, str]:
     env[BOKEHJS_IN_PAGE] = "1"
     env[APP_TOKEN_ENV] = token                   # the kernel watches its page (ui/watchdog.py)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if args.threads is not None:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    else:
+        env.setdefault("OMP_NUM_THREADS", str(kernel_threads()))
     return env
+
+
+def kernel_threads(cores: int | None = None) -> int:
+    """Torch's threads in the page's kernel: one core is left to the page and the kernel's main thread.
+
+    Torch's threads spin while they wait, and a page that draws live keeps the browser busy (~0.7
+    of a core here) while the kernel's main thread sends the batches: on 2 cores, the default run
+    trained 1.9 times faster in the app with one torch thread than with two (benchmarks/RESULTS.md,
+    "The app against the CLI"); the CLI's own run is as fast with one thread as with two."""
+    return max(1, (cores or os.cpu_count() or 2) - 1)
 
 
 def _forward(stream, out) -> None:
@@ -135,6 +153,8 @@ def _interrupt(*_args) -> None:
 def run(args) -> int:
     if args.port and not 0 < args.port < 65536:
         raise ValueError(f"--port={args.port!r}: must be in 1..65535 (or 0: a free one)")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads={args.threads!r}: must be >= 1")
     if args.cull_after < 1:
         raise ValueError(f"--cull-after={args.cull_after!r}: must be >= 1 second")
     if importlib.util.find_spec("voila") is None:   # importing it would cost seconds: only look

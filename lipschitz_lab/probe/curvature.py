@@ -99,7 +99,7 @@ class Sharpness:
         """λ_max as a float64 0-d tensor on the parameters' device (no sync)."""
         k = self._start(hvp.params)
         basis, alphas, betas = [self.v], [], []
-        alive = torch.ones((), dtype=torch.bool, device=self.v[0].device)
+        alive = torch.ones((), dtype=torch.bool, device=self.shift.device)
         for _ in range(k):
             q = basis[-1]
             w = hvp(q)

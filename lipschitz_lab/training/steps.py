@@ -59,13 +59,14 @@ def correct_count(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor
 def _loss_part(step: int):
     """The ``loss`` segment's decoder: the loss, or the divergence it shows."""
     def decode(values: list[float]) -> Part:
-        loss = values[0]
+        (loss,) = values                             # the segment holds one number
         return Part({"loss": loss}, None if math.isfinite(loss) else f"step {step}: loss is {loss}")
     return decode
 
 
 def _correct_part(values: list[float]) -> Part:
-    return Part({"correct": values[0] if values else None})
+    (correct,) = values or [None]                    # one number, or none without labels
+    return Part({"correct": correct})
 
 
 def _curvature_part(values: list[float]) -> Part:

@@ -190,9 +190,13 @@ STATUS_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#ff7f0
                  "failed": "#d62728", "error": "#d62728"}
 
 
-def status_html(state: str, text: str) -> str:
-    """The panels' status line: the state in its colour, then the text (already escaped)."""
-    return f"<span style='color:{STATUS_COLORS.get(state, 'black')}'><b>{state}</b></span>: {text}"
+def status_html(state: str, text: str, verdict: str | None = None) -> str:
+    """The panels' status line: the state in its colour, then the text (already escaped).  A run
+    that finished with a verdict other than healthy (runs/verdict.py) is not drawn in success green."""
+    color = STATUS_COLORS.get(state, "black")
+    if state == "finished" and verdict not in (None, "healthy"):
+        color = STATUS_COLORS["stopped"]
+    return f"<span style='color:{color}'><b>{state}</b></span>: {text}"
 
 
 #: panels with a run in flight; when the kernel exits (the app's page closed), their runs stop
@@ -235,8 +239,8 @@ class BridgedPanel:
     def wait(self, timeout: float | None = None) -> bool:   # the panels join their threads
         raise NotImplementedError
 
-    def _set_status(self, state: str, text: str) -> None:
-        self.status.value = status_html(state, text)
+    def _set_status(self, state: str, text: str, verdict: str | None = None) -> None:
+        self.status.value = status_html(state, text, verdict)
 
     @property
     def status_text(self) -> str:

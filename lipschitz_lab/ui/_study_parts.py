@@ -9,14 +9,16 @@ import pandas as pd
 
 from lipschitz_lab.studies.spec import select
 
-#: the policies selected when the panel opens: the paper's rate against a few baselines
-DEFAULT_SELECTION = ("lipschitz-paper-epoch-sgd", "lipschitz-corrected-epoch-sgd", "constant-0.1",
+#: the policies selected when the panel opens: the default rule (the Live tab's: strict, per step),
+#: the paper's rate (its verdict says why it fails) and three baselines
+DEFAULT_SELECTION = ("lipschitz-strict-step-sgd", "lipschitz-paper-epoch-sgd", "constant-0.1",
                      "onecycle-0.1", "prodigy")
 
 
 def backends() -> tuple[str, ...]:
     from lipschitz_lab.studies.backends import BACKENDS
     return BACKENDS
+
 
 def hint() -> widgets.HTML:
     """Says what a plain click does not: several policies are chosen with ctrl or shift."""

@@ -14,16 +14,18 @@ a glyph the browser re-styled.
 No panel reads anything back from the browser (no Python callback on a Bokeh model), so
 :class:`OneWayBokeh` drops those messages on arrival: the kernel draws, the browser shows,
 and what a person does to a plot (zoom, pan, hide a line) stays in the page.
+
+jupyter_bokeh's ``combine_events`` (queue the browser's events while the kernel is busy) is
+left off: it needs the kernel's idle status, which Voilà's widget manager does not give a view
+(BokehJS then warns "BokehView cannot combine events because Kernel idle status cannot be
+determined" and sends each event anyway), and in JupyterLab a notebook closed while its kernel
+lives on leaves its idle handler sending on the closed widget ("Cannot send" in the console).
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from jupyter_bokeh import BokehModel
-from traitlets import Bool
-
-from lipschitz_lab.ui._bridge import BOKEHJS_IN_PAGE
 
 __all__ = ["OneWayBokeh"]
 
@@ -31,12 +33,6 @@ __all__ = ["OneWayBokeh"]
 class OneWayBokeh(BokehModel):
     """``jupyter_bokeh.BokehModel`` without the browser-to-kernel direction."""
 
-    #: in the app's page (Voilà), the browser queues its events while the kernel is busy and sends
-    #: them combined (one per model and property), one at a time as the kernel goes idle: a run's
-    #: range fits and echoed patches no longer reach the kernel as hundreds of messages, each of which
-    #: it must answer.  Not in JupyterLab: there a notebook closed while its kernel lives on leaves
-    #: jupyter_bokeh's idle handler sending on the closed widget ("Cannot send" in the console).
-    combine_events = Bool(os.environ.get(BOKEHJS_IN_PAGE) == "1").tag(sync=True)
     #: browser events dropped since the widget was made (the tests read it)
     dropped = 0
 

@@ -266,7 +266,7 @@ class TrainingPanel(BridgedPanel, widgets.VBox):
             edge = self._tally.edge.text()
             self._set_status(r["status"], f"run <code>{r['run_id']}</code> · {r['steps']} steps in "
                                           f"{r['wall_time']:.1f} s{acc}{reason} · {html.escape(said.text)}"
-                                          + (f" · {html.escape(edge)}" if edge else ""))
+                                          + (f" · {html.escape(edge)}" if edge else ""), said.kind)
         else:  # "error" (bad config: no run was created) or "failed"
             self.error = r["message"]
             self._set_status("error" if event == "error" else "failed", html.escape(r["message"]))
