@@ -71,12 +71,14 @@ def app_run(page, panel, store: Path, profile: Path | None, kernel_pid: int | No
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(kernel_pid), "--threads", "--idle", "-r", "50",
                                 "-f", "speedscope", "-o", str(profile / "app-kernel.speedscope.json")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    before = status.evaluate("el => el.textContent")
     t0 = time.perf_counter()
     panel.locator("button", has_text="Start").click()
-    page.wait_for_function("el => /running/.test(el.textContent)", arg=status.element_handle())
-    # the run's last status record ("finished: ... at step N"), then the panel's line with its time
-    page.wait_for_function("el => /^((finished|stopped|diverged).* steps in |failed|error)/.test(el.textContent)",
-                           arg=status.element_handle(), timeout=600_000)
+    # the panel's last line, with its time, for this run (it names the run: not the last run's line;
+    # a short run may pass "running" between two of the browser's polls)
+    page.wait_for_function("([el, old]) => el.textContent !== old && "
+                           "/^((finished|stopped|diverged).* steps in |failed|error)/.test(el.textContent)",
+                           arg=[status.element_handle(), before], timeout=600_000)
     whole = time.perf_counter() - t0
     if spy is not None:
         spy.send_signal(signal.SIGINT)          # py-spy writes its file on SIGINT

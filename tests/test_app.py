@@ -277,5 +277,7 @@ def test_make_run_starts_the_app_and_prints_its_url(tmp_path):
         served.interrupt(group=True)                  # Ctrl-C in the terminal: make and the app
         assert not _listening(port)
         assert "lipschitz-lab app: stopping" in "".join(served.log)
+        time.sleep(0.5)                               # make's own last words, if any, arrive
+        assert "***" not in "".join(served.log), "".join(served.log)    # no "make: *** ... Interrupt"
     finally:
         served.close()

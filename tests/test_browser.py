@@ -159,10 +159,14 @@ def _wait_text(page, locator, pattern: str, timeout: float = 120_000) -> None:
 def _run_to_the_end(page, panel, timeout: float = 240_000) -> str:
     """Start, then the status line once the run has ended (not the last run's)."""
     status = panel.locator(".lipschitz-status")
+    before = status.evaluate("el => el.textContent")
     panel.locator("button", has_text="Start").click()
-    _wait_text(page, status, "^running", 60_000)
-    # the run's last status record says "finished: ... at step N"; the panel's own line follows
-    _wait_text(page, status, "^((finished|stopped|diverged).* steps in |failed|error)", timeout)
+    # the run's last status record says "finished: ... at step N"; the panel's own line follows and
+    # names the new run.  A run of a few hundred steps may pass "running" between two of the
+    # browser's polls, so the wait is for a line other than the last run's, not for "running" first.
+    page.wait_for_function("([el, p, old]) => el.textContent !== old && new RegExp(p).test(el.textContent)",
+                           arg=[status.element_handle(), "^((finished|stopped|diverged).* steps in |failed|error)",
+                                before], timeout=timeout)
     return status.inner_text()
 
 
