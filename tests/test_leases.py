@@ -27,6 +27,7 @@ from lipschitz_lab.runs import RunStore
 from lipschitz_lab.runs.leases import Heartbeat, LeasedStore, LeaseLost, beat, claim, events, leases, release
 from lipschitz_lab.studies.runner import run_study
 from lipschitz_lab.studies.spec import StudySpec, select
+from train_helpers import signal_after_steps
 
 FORK = mp.get_context("fork")
 
@@ -57,17 +58,7 @@ def fork_launcher(spec, path, ttl: float, *, after: int | None = None, sig: int 
     if pid == 0:                              # the child: never returns into pytest
         try:
             os.close(read)
-            import lipschitz_lab.trainer as trainer
-            torch.set_num_threads(1)
-            real, done = trainer.train_step, []
-
-            def step(*args, **kwargs):
-                out = real(*args, **kwargs)
-                done.append(1)
-                if len(done) == after:
-                    os.kill(os.getpid(), sig)
-                return out
-            trainer.train_step = step
+            signal_after_steps(after, sig)
             result = run_study(spec, path, lease_timeout_s=ttl)
             os.write(write, json.dumps([dataclasses.asdict(o) for o in result.outcomes]).encode())
         finally:

@@ -22,6 +22,7 @@ import torch
 from lipschitz_lab.runs import RunStore
 from lipschitz_lab.studies.spec import catalogue
 from lipschitz_lab.trainer import train
+from train_helpers import signal_after_steps
 
 STEPS_PER_EPOCH = 3
 FLUSH_EVERY = 2
@@ -57,17 +58,7 @@ def train_and_die(config: dict, store: str, after: int) -> int:
     if pid == 0:                                       # the child: never returns into pytest
         try:
             import lipschitz_lab.trainer as trainer
-            torch.set_num_threads(1)
-            real, done = trainer.train_step, []
-
-            def step(*args, **kwargs):
-                out = real(*args, **kwargs)
-                done.append(1)
-                if len(done) == after:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return out
-
-            trainer.train_step = step
+            signal_after_steps(after, signal.SIGKILL)
             trainer.train(config, store=store, progress=False)
         finally:
             os._exit(3)                               # it finished without being killed

@@ -65,3 +65,22 @@ def kill_mid_run(store: str, config: dict, epoch: int, step_in_epoch: int, steps
         if rec["kind"] == "step" and rec["epoch"] == epoch and rec["step"] % steps_per_epoch == step_in_epoch:
             os.kill(os.getpid(), signal.SIGKILL)
     train({**config, "flush_every": 1}, store=store, subscribers=[killer], progress=False)
+
+
+def signal_after_steps(after: int | None, sig: int) -> None:
+    """In a forked child: one torch thread, and the trainer's ``train_step`` patched so that the
+    process sends itself ``sig`` once ``after`` steps are done (``None``: never)."""
+    import os
+
+    import lipschitz_lab.trainer as trainer
+    torch.set_num_threads(1)
+    real, done = trainer.train_step, []
+
+    def step(*args, **kwargs):
+        out = real(*args, **kwargs)
+        done.append(1)
+        if len(done) == after:
+            os.kill(os.getpid(), sig)
+        return out
+
+    trainer.train_step = step
