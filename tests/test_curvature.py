@@ -59,11 +59,16 @@ def flat(vs):
 
 
 # -- Hessian-vector products ---------------------------------------------------------------
-def test_products_are_the_dense_hessians_to_rounding():
+def products_and_dense():
+    """The small net's batch Hessian twice: as products (``hessian_at``) and dense, same dropout masks."""
     model, (x, y) = small_net(), batch()
     rng = capture_rng()
     hvp = hessian_at(model, x, lambda z: nn.functional.cross_entropy(z, y), rng=rng)
-    H = dense_hessian(model, x, y, rng)
+    return hvp, dense_hessian(model, x, y, rng)
+
+
+def test_products_are_the_dense_hessians_to_rounding():
+    hvp, H = products_and_dense()
     v = [torch.randn_like(p) for p in hvp.params]
     # float64, ~100 parameters: both sides sum the same few terms, to ~1e-15 relative
     torch.testing.assert_close(flat(hvp(v)), H @ flat(v), rtol=1e-10, atol=1e-12)
@@ -215,10 +220,7 @@ def test_alpha_is_minus_one_where_the_loss_is_concave_along_the_step():
 
 
 def test_dir_curv_is_the_dense_curvature_along_any_update():
-    model, (x, y) = small_net(), batch()
-    rng = capture_rng()
-    hvp = hessian_at(model, x, lambda z: nn.functional.cross_entropy(z, y), rng=rng)
-    H = dense_hessian(model, x, y, rng)
+    hvp, H = products_and_dense()
     u = [torch.randn_like(p) for p in hvp.params]
     q = StepQuality().measure(hvp, u)
     expected = flat(u) @ H @ flat(u) / (flat(u) @ flat(u))

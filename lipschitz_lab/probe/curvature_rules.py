@@ -15,13 +15,21 @@ import torch
 
 from lipschitz_lab.bounds import learning_rate
 
-__all__ = ["CurvatureRate", "DirectionalRate"]
+__all__ = ["CurvatureRate", "DirectionalRate", "curvature_rate"]
 
 
 def _positive(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a number > 0; got {name}={value!r}")
     return float(value)
+
+
+def curvature_rate(L: torch.Tensor, c: float, momentum: float, min_lr: float | None,
+                   max_lr: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lr, code)``: c(1+μ)/L clamped by :func:`~lipschitz_lab.bounds.learning_rate`, for
+    L = λ_max + λ (float64 0-d tensors, no sync).  The one place the curvature rule is written:
+    :class:`CurvatureRate` and LipschitzLR's ``bound="curvature"`` both call it."""
+    return learning_rate(L / (c * (1.0 + momentum)), min_lr=min_lr, max_lr=max_lr)
 
 
 class CurvatureRate:
@@ -58,7 +66,7 @@ class CurvatureRate:
     def update(self, lambda_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rate from this measurement, held until the next one."""
         L = lambda_max.to(torch.float64) + self.weight_decay
-        lr, code = learning_rate(L / (self.c * (1.0 + self.momentum)), min_lr=self.min_lr, max_lr=self.max_lr)
+        lr, code = curvature_rate(L, self.c, self.momentum, self.min_lr, self.max_lr)
         if self.lr is not None:                    # a failed measurement keeps the rate in force
             ok = torch.isfinite(L)
             lr, code = torch.where(ok, lr, self.lr), torch.where(ok, code, self.code)

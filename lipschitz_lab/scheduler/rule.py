@@ -22,7 +22,7 @@ from lipschitz_lab.bounds import VARIANTS, bound_inputs, learning_rate, lipschit
 from lipschitz_lab.bounds import supremum
 from lipschitz_lab.optim_variants import BoundEMA
 from lipschitz_lab.scheduler.checks import defined
-from lipschitz_lab.probe.curvature_rules import DirectionalRate
+from lipschitz_lab.probe.curvature_rules import DirectionalRate, curvature_rate
 from lipschitz_lab.scheduler.options import CURVATURE_BOUNDS, CurvatureOptions, EMAOptions, SmoothOptions
 
 __all__ = ["RateRule"]
@@ -118,8 +118,7 @@ class RateRule:
         r"""``bound="curvature"``: lr = c(1+μ)/(λ_max + λ) as a rate vector (K_z: NaN, L = λ_max + λ);
         a measurement that is not finite keeps the rate ``held`` in force."""
         L = lambda_max.to(torch.float64) + lam
-        lr, code = learning_rate(L / (self.curvature.c * (1.0 + self.momentum)), min_lr=self.min_lr,
-                                 max_lr=self.max_lr)
+        lr, code = curvature_rate(L, self.curvature.c, self.momentum, self.min_lr, self.max_lr)
         new = torch.stack([lr, torch.full_like(lr, float("nan")), L, code])
         return new if held is None else torch.where(torch.isfinite(L), new, held)
 
